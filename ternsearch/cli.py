@@ -1,0 +1,120 @@
+"""The ``ternsearch`` command line. Every user-facing error is one line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ternsearch.errors import TernsearchError
+
+__all__ = ["main"]
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from ternsearch.single import train_file
+    from ternsearch.spec import load_train_file
+
+    tf = load_train_file(a.config)
+    final = train_file(tf, Path(a.config), output=a.output, resume=a.resume, epochs=a.epochs,
+                       progress=not a.quiet)
+    if tf.tracking.enabled and (tf.tracking.uri or tf.origin.parent_run_id):
+        from ternsearch.tracking import log_single_run
+
+        final["mlflow_run_id"] = log_single_run(tf, Path(a.config), final)
+    print(json.dumps(final, indent=1, sort_keys=True))
+    return 0
+
+
+def _cmd_validate(a: argparse.Namespace) -> int:
+    from ternsearch.spec import load_spec, load_train_file
+    from ternsearch.yamlsrc import load_located
+
+    loc = load_located(a.file)
+    if "search" in loc.data:
+        spec = load_spec(a.file)
+        print(f"{a.file}: ok (sweep '{spec.name}', {len(spec.params)} searched parameters, "
+              f"{spec.searcher.num_samples} trials)")
+    else:
+        tf = load_train_file(a.file)
+        print(f"{a.file}: ok (train run '{tf.name}', {tf.train.epochs} epochs)")
+    return 0
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    from ternsearch.sweep import sweep_command
+
+    return sweep_command(a)
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from ternsearch.export import export_command
+
+    return export_command(a)
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from ternsearch.report import report_command
+
+    return report_command(a)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ternsearch", description="Hyperparameter search for ternary networks.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="one training run without Ray (a train config or an exported best config)")
+    t.add_argument("config")
+    t.add_argument("--output", "-o", help="run directory (default: the file's output:, runs/NAME)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    t.add_argument("--epochs", type=int, help="override train.epochs")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    t.set_defaults(func=_cmd_train)
+
+    v = sub.add_parser("validate", help="check a sweep or train file; starts nothing")
+    v.add_argument("file")
+    v.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("sweep", help="run a hyperparameter search")
+    s.add_argument("file")
+    s.add_argument("--dry-run", action="store_true", help="check everything, print the plan, start no trial")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this file")
+    s.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)")
+    s.add_argument("--storage", help="override storage.path")
+    s.add_argument("--tracking-uri", help="override tracking.uri")
+    s.add_argument("--quiet", "-q", action="store_true", help="less progress output")
+    s.set_defaults(func=_cmd_sweep)
+
+    e = sub.add_parser("export", help="write the best trial as a standalone train config")
+    e.add_argument("results", help="a sweep's results directory")
+    e.add_argument("-o", "--output", default="best.yaml")
+    e.add_argument("--epochs", type=int, help="retrain for this many epochs")
+    e.set_defaults(func=_cmd_export)
+
+    r = sub.add_parser("report", help="HTML report and trial table of a sweep")
+    r.add_argument("results", help="a sweep's results directory")
+    r.add_argument("-o", "--output", help="HTML file (default: reports/NAME.html)")
+    r.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TernsearchError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(str(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""One exception tree. The CLI prints any ``TernsearchError`` as one line and exits 1 (``--debug`` shows the
+traceback); anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "TrackingError"]
+
+
+class TernsearchError(Exception):
+    """Base of every error meant for the user."""
+
+
+class SpecError(TernsearchError):
+    """A sweep or train file is invalid: ``FILE:LINE: key: what is wrong (what is allowed)``."""
+
+    def __init__(self, file: str, line: Optional[int], key: str, message: str):
+        self.file, self.line, self.key, self.message = str(file), line, key, message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+    def __reduce__(self):
+        return (SpecError, (self.file, self.line, self.key, self.message))
+
+
+class PreflightError(TernsearchError):
+    """The spec is valid but cannot run here (data missing, resources do not fit, storage not writable...)."""
+
+
+class ResultsError(TernsearchError):
+    """A results directory is missing, incomplete, or belongs to another spec."""
+
+
+class TrackingError(TernsearchError):
+    """The MLflow tracking store cannot be reached or used."""

@@ -1,0 +1,73 @@
+"""``ternsearch export``: the best trial as a standalone train config (the format ``ternsearch train`` takes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ternsearch.errors import ResultsError
+from ternsearch.records import SWEEP, read_trials
+
+__all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
+
+
+def load_results_meta(results_dir: Path) -> dict[str, Any]:
+    """The sweep.json of a results directory, or a one-line ResultsError."""
+    path = Path(results_dir) / SWEEP
+    if not Path(results_dir).is_dir():
+        raise ResultsError(f"{results_dir}: no such results directory")
+    if not path.exists():
+        raise ResultsError(f"{results_dir}: not a ternsearch results directory (no {SWEEP})")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ResultsError(f"{path}: unreadable ({exc})") from None
+
+
+def best_config(results_dir: Path, epochs: Optional[int] = None) -> dict[str, Any]:
+    """The best trial's full resolved config as a train-file mapping, with where it came from."""
+    from trainables.config import TrainConfig
+
+    from ternsearch.sweep import best_trial
+
+    meta = load_results_meta(results_dir)
+    trials = read_trials(results_dir)
+    best = best_trial(trials, meta["metric"], meta["mode"])
+    if best is None:
+        raise ResultsError(f"{results_dir}: no trial has reported {meta['metric']} yet")
+    cfg = TrainConfig.model_validate(meta["base"]).with_overrides(best["config"])
+    if epochs is not None:
+        cfg = cfg.with_overrides({"epochs": epochs})
+    doc = cfg.model_dump(mode="json")
+    doc["name"] = f"{meta['name']}-best"
+    doc["data"] = {k: v for k, v in doc["data"].items() if v is not None}
+    doc["train"] = {k: v for k, v in doc["train"].items() if v is not None}
+    doc["model"]["full_precision_layers"] = list(doc["model"]["full_precision_layers"])
+    doc["tracking"] = {"uri": meta.get("tracking_uri"), "experiment": meta.get("experiment", meta["name"])}
+    doc["output"] = f"runs/{doc['name']}"
+    doc["origin"] = {"sweep": meta["name"], "results": str(Path(results_dir).resolve()),
+                     "trial_id": best["trial_id"], "parent_run_id": meta.get("parent_run_id"),
+                     "metric_value": float(best["last"][meta["metric"]])}
+    return doc
+
+
+def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = None) -> Path:
+    doc = best_config(results_dir, epochs)
+    header = (f"# Best trial {doc['origin']['trial_id']} of sweep '{doc['origin']['sweep']}' "
+              f"({doc['metric']['name']} = {doc['origin']['metric_value']:.4f}).\n"
+              f"# Retrain it: ternsearch train {output}\n")
+    order = ["name", "metric", "data", "model", "train", "tracking", "output", "origin"]
+    body = yaml.safe_dump({k: doc[k] for k in order}, sort_keys=False, default_flow_style=False)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(header + body)
+    return output
+
+
+def export_command(a) -> int:
+    out = write_best_config(Path(a.results), Path(a.output), a.epochs)
+    print(out)
+    return 0

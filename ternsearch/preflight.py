@@ -1,0 +1,92 @@
+"""Checks that need the machine but start nothing: data, storage, GPUs, and whether a trial fits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from ternsearch.errors import PreflightError
+from ternsearch.spec import SweepSpec
+
+__all__ = ["check_environment", "local_resources", "check_fits", "resolve_storage", "spec_digest"]
+
+
+def spec_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def resolve_storage(spec: SweepSpec, override: Optional[str]) -> str:
+    """Absolute local path, or a URI (s3://, gs://...) left as it is."""
+    raw = override or spec.storage.path
+    if "://" in raw:
+        return raw
+    return str(Path(raw).expanduser().resolve())
+
+
+def _writable(path: Path) -> bool:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".ternsearch-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def local_resources() -> dict[str, float]:
+    """This machine's CPUs and GPUs as Ray would see them, without starting Ray."""
+    import torch
+
+    res = {"CPU": float(os.cpu_count() or 1)}
+    if torch.cuda.is_available():
+        res["GPU"] = float(torch.cuda.device_count())
+    return res
+
+
+def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> None:
+    """Data present, storage writable, GPUs present when asked for, multi-node constraints.
+
+    Raises:
+        PreflightError: one line naming the file, the key and what to do.
+    """
+    from trainables.data import DataError, check_data
+
+    loc = spec.located
+    try:
+        check_data(spec.data)
+    except DataError as exc:
+        raise PreflightError(str(loc.error(("data", "root") if spec.data.root else ("data",), str(exc)))) from None
+    if "://" not in storage and not _writable(Path(storage)):
+        raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable "
+                                           "(choose a directory you can write, or --storage DIR)")))
+    if spec.resources.use_gpu is True and address is None and local_resources().get("GPU", 0) == 0:
+        raise PreflightError(str(loc.error(("resources", "use_gpu"), "true, but this machine has no GPU and no "
+                                           "--address was given (use use_gpu: auto, or join a GPU cluster)")))
+
+
+def check_fits(spec: SweepSpec, trial_resources: dict[str, float], cluster: dict[str, float],
+               where: str, multi_node: bool = False) -> None:
+    """A trial must fit the cluster; on several nodes storage must be shared and tracking a server."""
+    loc = spec.located
+    for key, need in trial_resources.items():
+        have = cluster.get(key, 0.0)
+        if need > have:
+            raise PreflightError(str(loc.error(
+                ("resources",), f"one trial needs {need:g} {key} but {where} has {have:g} "
+                f"(lower workers_per_trial / cpus_per_worker / gpus_per_worker, or add nodes)")))
+    if multi_node:
+        path = spec.storage.path
+        if "://" not in path and not spec.storage.shared:
+            raise PreflightError(str(loc.error(("storage", "path"), f"{path!r} is a local path, but the cluster has "
+                                               "several nodes (use s3://, gs://, or an NFS path with shared: true)")))
+        uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if not uri.startswith(("http://", "https://", "databricks")):
+            raise PreflightError(str(loc.error(("tracking", "uri"), f"{uri or 'the default SQLite file'} is local, "
+                                               "but the cluster has several nodes (run `mlflow server` on the head "
+                                               "and use http://HEAD:5000)")))

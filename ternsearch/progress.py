@@ -1,0 +1,59 @@
+"""Live progress of a sweep on stderr: one line per finished epoch (or per finished trial with --quiet)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from ray import tune
+
+from ternsearch.records import trial_status
+
+__all__ = ["SweepProgress"]
+
+
+class SweepProgress(tune.Callback):
+    def __init__(self, spec, plan, quiet: bool = False):
+        self.metric, self.mode = spec.metric.name, spec.metric.mode
+        self.total, self.max_epochs, self.quiet = spec.searcher.num_samples, plan.max_epochs, quiet
+        self.t0 = time.time()
+        self.best = None
+        self.done = 0
+        self.last: dict = {}
+
+    def _say(self, msg: str) -> None:
+        print(f"[{time.time() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._say(f"{trial.trial_id} started: " + ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items()))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)):
+            if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+                self.best = value
+        if not self.quiet:
+            running = sum(t.status == "RUNNING" for t in trials)
+            self._say(f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {self.metric} {_fmt(value)} "
+                      f"| best {_fmt(self.best)} | running {running}, finished {self.done}/{self.total}")
+
+    def _end(self, trial, errored):
+        self.done += 1
+        status, reason = trial_status(self.last.get(trial.trial_id, {}), errored,
+                                      "see the trial's error file" if errored else "")
+        value = self.last.get(trial.trial_id, {}).get(self.metric)
+        self._say(f"{trial.trial_id} {status}{' (' + reason + ')' if reason else ''}: {self.metric} {_fmt(value)} "
+                  f"[{self.done}/{self.total}]")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, True)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,150 @@
+"""The sweep's own records in its results directory, written by the driver (a Tune callback).
+
+``history.jsonl``: one line per trial result (trial_id, epoch, metrics); a restarted trial may repeat an
+epoch, and readers keep the last line per (trial, epoch). ``trials.json``: one entry per trial with its
+config, status (running / completed / stopped / failed), reason, epochs, last metrics, node and checkpoint.
+These files, not Tune's internal layout, are what export and report read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ray import tune
+
+__all__ = ["SweepRecorder", "read_history", "read_trials", "trial_status", "HISTORY", "TRIALS", "SWEEP"]
+
+HISTORY = "history.jsonl"
+TRIALS = "trials.json"
+SWEEP = "sweep.json"
+
+_SKIP = {"config", "trial_id", "date", "timestamp", "pid", "time_this_iter_s", "time_total_s",
+         "time_since_restore", "iterations_since_restore", "training_iteration", "checkpoint_dir_name",
+         "should_checkpoint", "experiment_tag", "node_ip", "timesteps_total", "episodes_total"}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def trial_status(last: dict, errored: bool, error: str = "") -> tuple[str, str]:
+    """(status, reason) of a finished trial from its last result."""
+    if errored:
+        return "failed", error or "error"
+    if last.get("done"):
+        return "completed", "early stopped (patience)" if last.get("early_stopped") else ""
+    return "stopped", f"stopped by ASHA at epoch {last.get('epoch', 0)}"
+
+
+def _error_text(trial) -> str:
+    for attr in ("error_msg",):
+        msg = getattr(trial, attr, None)
+        if msg:
+            break
+    else:
+        msg = ""
+        path = getattr(trial, "error_file", None)
+        if path and os.path.exists(path):
+            msg = Path(path).read_text()
+    lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the exception line, not the traceback
+        if "Error" in ln or "diverged" in ln:
+            return ln[:300]
+    return lines[-1][:300] if lines else "error"
+
+
+class SweepRecorder(tune.Callback):
+    """Writes history.jsonl and trials.json in the results directory as results arrive."""
+
+    def __init__(self, results_dir: str, param_names: list[str]):
+        self.results_dir = results_dir
+        self.param_names = list(param_names)
+        self._trials: Optional[dict] = None
+        self._numbers: dict[str, int] = {}
+
+    def _load(self) -> dict:
+        if self._trials is None:
+            self._trials = read_trials(Path(self.results_dir))
+        return self._trials
+
+    def _save(self) -> None:
+        _write_json(Path(self.results_dir) / TRIALS, self._load())
+
+    def _entry(self, trial) -> dict:
+        trials = self._load()
+        entry = trials.get(trial.trial_id)
+        if entry is None:
+            entry = trials[trial.trial_id] = {
+                "trial_id": trial.trial_id,
+                "number": len(trials),
+                "config": {k: trial.config.get(k) for k in trial.config},
+                "status": "running",
+                "reason": "",
+                "epochs": 0,
+                "started": time.time(),
+                "restarts": 0,
+                "last": {},
+            }
+        return entry
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        if entry["status"] != "running" or entry["epochs"]:
+            entry["restarts"] += 1
+        entry["status"] = "running"
+        self._save()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        entry = self._entry(trial)
+        metrics = {k: v for k, v in result.items() if k not in _SKIP and isinstance(v, (int, float, str, bool))}
+        with open(Path(self.results_dir) / HISTORY, "a") as f:
+            f.write(json.dumps(dict(metrics, trial_id=trial.trial_id, time=time.time()), default=str) + "\n")
+        entry["epochs"] = int(result.get("epoch", entry["epochs"]))
+        entry["last"] = {k: v for k, v in metrics.items() if "/" not in k}
+        if result.get("checkpoint_path"):
+            entry["checkpoint"] = result["checkpoint_path"]
+        for key in ("node_id", "hostname", "world_size", "rank_node_ids"):
+            if key in result:
+                entry[key] = result[key]
+        self._save()
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        entry = self._entry(trial)
+        entry["checkpoint"] = checkpoint.path
+        self._save()
+
+    def _finish(self, trial, errored: bool) -> None:
+        entry = self._entry(trial)
+        entry["status"], entry["reason"] = trial_status(entry["last"], errored, _error_text(trial) if errored else "")
+        entry["ended"] = time.time()
+        entry["wall_seconds"] = entry["ended"] - entry["started"]
+        self._save()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, errored=True)
+
+
+def read_trials(results_dir: Path) -> dict:
+    path = Path(results_dir) / TRIALS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_history(results_dir: Path) -> list[dict]:
+    """All results, the last line kept per (trial_id, epoch)."""
+    path = Path(results_dir) / HISTORY
+    rows: dict[tuple, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[(row.get("trial_id"), row.get("epoch"))] = row
+    return sorted(rows.values(), key=lambda r: (str(r.get("trial_id")), r.get("epoch", 0)))

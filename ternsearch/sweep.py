@@ -1,0 +1,232 @@
+"""``ternsearch sweep``: check, plan, run (or resume) a search, then export, log and report the best trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ternsearch.errors import PreflightError, ResultsError
+from ternsearch.preflight import check_environment, check_fits, local_resources, resolve_storage, spec_digest
+from ternsearch.records import SWEEP, read_trials
+from ternsearch.spec import SweepSpec, load_spec
+
+__all__ = ["sweep_command", "run_sweep", "best_trial"]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def best_trial(trials: dict, metric: str, mode: str) -> Optional[dict]:
+    """The trial with the best last-reported metric; completed trials first, then any that reported."""
+    def key(t):
+        v = t["last"].get(metric)
+        return v if mode == "max" else -v
+
+    reported = [t for t in trials.values() if isinstance(t.get("last", {}).get(metric), (int, float))
+                and t["status"] != "failed"]
+    completed = [t for t in reported if t["status"] == "completed"]
+    pool = completed or reported
+    return max(pool, key=key) if pool else None
+
+
+def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
+    from ternsearch.space import ordered
+
+    lines = [f"sweep '{spec.name}' from {spec.file}",
+             f"  metric: {spec.metric.name} ({spec.metric.mode})",
+             f"  searcher: {spec.searcher.algorithm} (seed {spec.searcher.seed}), {spec.searcher.num_samples} trials, "
+             f"up to {plan.max_concurrent} at once",
+             f"  scheduler: {spec.scheduler.algorithm}" + (
+                 f" (grace {spec.scheduler.grace_period}, reduction {spec.scheduler.reduction_factor:g}, "
+                 f"max_t {plan.max_epochs})" if spec.scheduler.algorithm == "asha" else ""),
+             f"  budget: at most {spec.searcher.num_samples * plan.max_epochs} epochs "
+             f"({plan.max_epochs} per trial)",
+             f"  trial: {plan.mode}, {plan.workers} worker(s), {plan.cpus_per_worker:g} CPU"
+             + (f" + {plan.gpus_per_worker:g} GPU" if plan.use_gpu else "") + " each; "
+             f"a trial takes {', '.join(f'{v:g} {k}' for k, v in plan.trial_resources.items())}",
+             f"  model: {spec.model.arch} ({spec.model.quantizer}), data subset {spec.data.subset or 'all'}",
+             "  search space:"]
+    lines += [f"    {p.name}: {p.describe()}" for p in ordered(spec.params)]
+    lines += [f"  results: {results_dir}", f"  tracking: {uri}"]
+    return "\n".join(lines)
+
+
+def _cluster(address: Optional[str]) -> tuple[dict[str, float], int]:
+    import ray
+
+    ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+                   configure_logging=True, logging_level="WARNING")
+    del ctx
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return {k: float(v) for k, v in ray.cluster_resources().items()}, len(alive)
+
+
+def _check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
+    meta_path = results_dir / SWEEP
+    if resume:
+        if not meta_path.exists():
+            raise ResultsError(f"{results_dir}: no sweep to resume here (no {SWEEP}); run without --resume")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("spec_sha256") != spec_digest(spec_file):
+            raise ResultsError(f"{results_dir}: was made by another version of the spec ({meta.get('spec_file')}); "
+                               "resume needs the same file (or use another storage.path/name)")
+    elif meta_path.exists():
+        raise ResultsError(f"{results_dir}: a sweep named '{results_dir.name}' already exists there "
+                           "(use --resume to continue it, or change name: / storage.path)")
+
+
+class _SignalToInterrupt:
+    """SIGTERM stops the sweep like SIGINT does: Tune saves its state and the user is told how to resume."""
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Optional[str] = None,
+              tracking_uri: Optional[str] = None, resume: bool = False, dry_run: bool = False,
+              quiet: bool = False) -> dict[str, Any]:
+    """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths)."""
+    from ternsearch.tracking import default_tracking_uri
+
+    storage_path = resolve_storage(spec, storage)
+    results_dir = Path(storage_path) / spec.name if "://" not in storage_path else None
+    check_environment(spec, storage_path, address)
+    if results_dir is not None:
+        _check_results(results_dir, spec.file, resume)
+    uri = default_tracking_uri(results_dir or Path.cwd(), tracking_uri or spec.tracking.uri)
+    from ternsearch.tuner import make_plan
+
+    if dry_run and address is None:
+        cluster, nodes = local_resources(), 1
+    else:
+        cluster, nodes = _cluster(address)
+    plan = make_plan(spec, cluster)
+    where = "this machine" if address is None else f"the cluster at {address}"
+    check_fits(spec, plan.trial_resources, cluster, where, multi_node=nodes > 1)
+    _say(_describe_plan(spec, plan, str(results_dir or storage_path), uri))
+    if dry_run:
+        return {"dry_run": True, "plan": plan.__dict__}
+    return _execute(spec, plan, storage_path, results_dir, uri, resume=resume, quiet=quiet)
+
+
+def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> dict[str, Any]:
+    from ternsearch.progress import SweepProgress
+    from ternsearch.records import SweepRecorder
+    from ternsearch.tracking import MLflowTracker, flatten_config
+    from ternsearch.tuner import build_tuner, restore_tuner
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = results_dir / SWEEP
+    meta = json.loads(meta_path.read_text()) if resume else {
+        "name": spec.name, "spec_file": str(Path(spec.file).resolve()), "spec_sha256": spec_digest(spec.file),
+        "sweep_id": f"{spec.name}-{int(time.time())}", "metric": spec.metric.name, "mode": spec.metric.mode,
+        "params": [p.name for p in spec.params], "base": spec.base_config().model_dump(mode="json"),
+        "storage_path": storage_path, "started": time.time(),
+    }
+    tracker = None
+    if spec.tracking.enabled:
+        tracker = MLflowTracker(
+            uri=uri, experiment=spec.tracking.experiment or spec.name, sweep_name=spec.name,
+            sweep_id=meta["sweep_id"], spec_file=spec.file, results_dir=str(results_dir),
+            metric=spec.metric.name, mode=spec.metric.mode,
+            fixed_params=flatten_config(spec.base_config().model_dump(mode="json")),
+        )
+        meta["parent_run_id"] = tracker.start()  # an unreachable store fails here, before any trial
+        if resume:
+            tracker.reconcile()
+    meta.update(tracking_uri=uri, experiment=spec.tracking.experiment or spec.name, mode_trial=plan.mode)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    if not resume:
+        shutil.copyfile(spec.file, results_dir / "spec.yaml")
+    callbacks = [SweepRecorder(str(results_dir), meta["params"]), SweepProgress(spec, plan, quiet=quiet)]
+    if tracker is not None:
+        callbacks.append(tracker)
+    tuner = (restore_tuner(spec, plan, storage_path, results_dir, callbacks) if resume
+             else build_tuner(spec, plan, storage_path, callbacks))
+    status = "FAILED"
+    try:
+        with _SignalToInterrupt():
+            tuner.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+    finally:
+        if tracker is not None and status != "FINISHED":
+            tracker.close(status)
+    trials = read_trials(results_dir)
+    unfinished = [t for t in trials.values() if t["status"] == "running"]
+    if status == "KILLED" or unfinished:
+        if tracker is not None:
+            tracker.close("KILLED")
+        _say(f"sweep interrupted: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} unfinished. "
+             f"Resume with: ternsearch sweep {spec.file} --resume")
+        return {"interrupted": True, "results": str(results_dir)}
+    return _finish(spec, results_dir, meta, trials, tracker)
+
+
+def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[str, Any]:
+    from ternsearch.export import write_best_config
+
+    best = best_trial(trials, spec.metric.name, spec.metric.mode)
+    summary: dict[str, Any] = {"results": str(results_dir), "tracking_uri": meta.get("tracking_uri"),
+                               "trials": len(trials),
+                               "statuses": {s: sum(t["status"] == s for t in trials.values())
+                                            for s in ("completed", "stopped", "failed")}}
+    if best is None:
+        if tracker is not None:
+            tracker.close("FAILED")
+        raise PreflightError(f"{results_dir}: no trial reported {spec.metric.name}; see {results_dir} for errors")
+    best_yaml = write_best_config(results_dir, results_dir / "best.yaml")
+    summary.update(best_trial=best["trial_id"], best_value=best["last"][spec.metric.name],
+                   best_config=best["config"], exported=str(best_yaml))
+    if tracker is not None:
+        try:
+            if best.get("checkpoint"):
+                summary["model_uri"] = _log_best(tracker, best, best_yaml)
+        finally:
+            tracker.close("FINISHED")
+    try:
+        from ternsearch.report import write_report
+
+        summary["report"] = str(write_report(results_dir))
+    except ImportError:
+        pass
+    _say(f"best trial {best['trial_id']}: {spec.metric.name} = {summary['best_value']:.4f}")
+    for k, v in sorted(best["config"].items()):
+        _say(f"  {k}: {v}")
+    _say(f"results: {results_dir}\nMLflow: {meta.get('tracking_uri')} (mlflow ui --backend-store-uri "
+         f"{meta.get('tracking_uri')} --host 127.0.0.1)\nbest config: {best_yaml} (retrain: ternsearch train "
+         f"{best_yaml})")
+    return summary
+
+
+def _log_best(tracker, best: dict, best_yaml: Path) -> str:
+    from ray.tune import Checkpoint
+
+    ckpt = Checkpoint(best["checkpoint"]) if "://" in best["checkpoint"] else None
+    if ckpt is None:
+        return tracker.log_best(best["trial_id"], best["checkpoint"], best_yaml.read_text())
+    with ckpt.as_directory() as directory:
+        return tracker.log_best(best["trial_id"], directory, best_yaml.read_text())
+
+
+def sweep_command(a) -> int:
+    spec = load_spec(a.file)
+    summary = run_sweep(spec, address=a.address, storage=a.storage, tracking_uri=a.tracking_uri,
+                        resume=a.resume, dry_run=a.dry_run, quiet=a.quiet)
+    if summary.get("interrupted"):
+        return 130
+    print(json.dumps(summary, indent=1, default=str))
+    return 0

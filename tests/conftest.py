@@ -1,0 +1,24 @@
+"""Shared fixtures. The CIFAR-10 copy comes from TERNSEARCH_DATA (set by .ci/run); when unset, the repo's
+sibling ../shared/data is used if it exists, so a developer checkout runs the tests without setup."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+if not os.environ.get("TERNSEARCH_DATA"):
+    _sibling = REPO.parent / "shared" / "data"
+    if (_sibling / "cifar-10-batches-bin").is_dir():
+        os.environ["TERNSEARCH_DATA"] = str(_sibling)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = os.environ.get("TERNSEARCH_DATA")
+    if not root or not Path(root).is_dir():
+        pytest.fail("TERNSEARCH_DATA must name the folder holding cifar-10-batches-bin/ (see README)")
+    return Path(root)

@@ -1,0 +1,80 @@
+"""Checkpoint files: one directory per checkpoint, a tensor state file plus a JSON manifest with its checksum.
+
+Loading always uses ``torch.load(weights_only=True)``: a checkpoint is data, never code. A truncated or
+corrupted state file fails its checksum and is reported as ``CheckpointError`` so callers can fall back to
+an older checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "STATE_FILE", "MANIFEST_FILE", "save_checkpoint", "load_checkpoint", "read_manifest"]
+
+STATE_FILE = "state.pt"
+MANIFEST_FILE = "manifest.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint directory is missing, incomplete or corrupted."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """Write ``state`` (tensors and plain Python values only) and a manifest holding its sha256.
+
+    The manifest is written last and atomically, so a directory with a manifest has a complete state file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state_path = directory / STATE_FILE
+    torch.save(state, state_path)
+    full = dict(manifest, state_sha256=_sha256(state_path), state_bytes=state_path.stat().st_size)
+    tmp = directory / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, directory / MANIFEST_FILE)
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a checkpoint directory, or CheckpointError."""
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint manifest ({exc})") from None
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """Load and verify a checkpoint: returns ``(state, manifest)``.
+
+    Raises:
+        CheckpointError: the manifest is missing, the checksum does not match, or the file is not loadable
+            as plain tensors (e.g. a crafted pickle).
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    state_path = directory / STATE_FILE
+    if not state_path.is_file():
+        raise CheckpointError(f"{state_path}: missing")
+    digest = _sha256(state_path)
+    if digest != manifest.get("state_sha256"):
+        raise CheckpointError(f"{state_path}: checksum mismatch (truncated or corrupted)")
+    try:
+        state = torch.load(state_path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise CheckpointError(f"{state_path}: refused to load ({type(exc).__name__}: {exc})") from None
+    return state, manifest

@@ -1,0 +1,152 @@
+"""Typed, strict configuration of one training run.
+
+One frozen model per concern; unknown keys are rejected. ``ternsearch`` validates user files against these
+models (adding file and line to every error); the training loop only ever sees a validated ``TrainConfig``,
+never a raw dict, so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "AUGMENTS",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "QUANTIZERS",
+    "SCHEDULES",
+    "DataConfig",
+    "MetricConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "TrainParams",
+    "REPORTED_METRICS",
+]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "onecycle", "none")
+AUGMENTS = ("none", "standard", "cutmix", "mixup", "autoaugment", "randaugment")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+QUANTIZERS = ("twn", "none")
+
+# Metrics that every epoch report carries (see trainables.loop); a spec's metric must be one of these.
+REPORTED_METRICS = (
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "ternary_zero_frac",
+    "images_per_sec",
+    "epoch_seconds",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricConfig(_Strict):
+    """The metric a run optimizes (early stopping, best checkpoint, the search)."""
+
+    name: Literal[REPORTED_METRICS] = "val_acc"  # type: ignore[valid-type]
+    mode: Literal["max", "min"] = "max"
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is split.
+
+    ``root`` names the folder holding ``cifar-10-batches-bin/`` or ``cifar-10-batches-py/``; when it is not given
+    the ``TERNSEARCH_DATA`` environment variable is used. ``subset`` keeps a seeded, stratified subset of the
+    50,000 training images (before the validation split) for fast runs.
+    """
+
+    dataset: Literal["cifar10"] = "cifar10"
+    root: Optional[str] = None
+    download: bool = False
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    subset: Optional[int] = Field(None, ge=20, le=50_000)
+    split_seed: int = 0
+
+
+class ModelConfig(_Strict):
+    """Architecture and quantization."""
+
+    arch: str = "resnet20"
+    quantizer: Literal[QUANTIZERS] = "twn"  # type: ignore[valid-type]
+    full_precision_layers: tuple[str, ...] = ("stem", "head")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        from trainables.models import model_names  # lazy: torch is heavy and not needed to build configs
+
+        names = model_names()
+        if value not in names:
+            raise ValueError(f"unknown model {value!r} (choose from: {', '.join(names)})")
+        return value
+
+
+class TrainParams(_Strict):
+    """Every knob of the training loop. Any of these may be searched instead of fixed."""
+
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(128, ge=1, le=1_000_000)
+    optimizer: Literal[OPTIMIZERS] = "sgd"  # type: ignore[valid-type]
+    lr: float = Field(0.1, gt=0.0, le=100.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0, lt=1.0)
+    ternary_lr_ratio: float = Field(1.0, gt=0.0, le=1000.0)
+    schedule: Literal[SCHEDULES] = "cosine"  # type: ignore[valid-type]
+    warmup_epochs: int = Field(0, ge=0)
+    step_every: Optional[int] = Field(None, ge=1)
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
+    grad_clip: Optional[float] = Field(None, gt=0.0)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    channels_last: Union[bool, Literal["auto"]] = "auto"
+    compile: bool = False
+    augment: Literal[AUGMENTS] = "standard"  # type: ignore[valid-type]
+    mixup_alpha: float = Field(0.2, gt=0.0, le=10.0)
+    cutmix_alpha: float = Field(1.0, gt=0.0, le=10.0)
+    randaugment_ops: int = Field(2, ge=1, le=10)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    early_stop_patience: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    threads: Optional[int] = Field(None, ge=1, le=1024)
+    eval_batch_size: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _check_epochs(self) -> "TrainParams":
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
+            )
+        return self
+
+
+class TrainConfig(_Strict):
+    """A complete, resolved training run: what ``trainables.loop.run`` takes and what ``export`` writes."""
+
+    name: str = "run"
+    metric: MetricConfig = MetricConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainParams = TrainParams()
+
+    def with_overrides(self, flat: dict) -> "TrainConfig":
+        """Return a copy with ``flat`` applied: keys are train keys (``lr``) or dotted (``model.quantizer``).
+
+        The result is validated again, so a bad value is an error here and never reaches the loop.
+        """
+        raw = self.model_dump()
+        for key, value in flat.items():
+            section, _, leaf = key.rpartition(".")
+            section = section or "train"
+            if section not in ("data", "model", "train") or leaf not in raw[section]:
+                raise KeyError(key)
+            raw[section][leaf] = value
+        return TrainConfig.model_validate(raw)

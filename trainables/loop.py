@@ -1,0 +1,332 @@
+"""The training loop: a plain function of a validated config and a ``report`` callback. No Ray in here.
+
+``run(cfg, report, resume_from)`` trains ``cfg.train.epochs`` epochs (or until early stopping) and after every
+epoch calls ``report(metrics, checkpoint_dir)``. Rank 0 writes a checkpoint directory that the callback may
+copy or move away before it returns; other ranks pass ``None``. Under ``torch.distributed`` (DDP) each rank
+trains on its own shard of every epoch's permutation and the metrics are reduced over ranks.
+
+Exact resume: the epoch's data order and augmentation draw from RNGs seeded by ``(seed, epoch, rank)``, and
+the checkpoint holds model, optimizer, schedule, grad scaler and early-stopping state, so 2 epochs + resume
+for 1 equals 3 straight epochs, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from trainables import optim
+from trainables.augment import BatchAugment, normalize
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.config import TrainConfig
+from trainables.data import make_split
+from trainables.models import build_model
+from trainables.ternary import latent_weight_params, overall_zero_frac, ternary_stats
+
+__all__ = ["DivergedError", "Report", "evaluate", "model_from_checkpoint", "pick_device", "resolve_precision", "run"]
+
+Report = Callable[[dict[str, Any], Optional[str]], None]
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"diverged at epoch {epoch} (train_loss={loss})")
+        self.epoch = epoch
+        self.loss = loss
+
+    def __reduce__(self):  # picklable across Ray processes
+        return (DivergedError, (self.epoch, self.loss))
+
+
+def pick_device() -> torch.device:
+    """CUDA device of this process's local rank when there is a GPU, else CPU."""
+    if torch.cuda.is_available():
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for fp32.
+
+    ``auto``: bf16 on GPUs that support it, else fp16 (with a GradScaler); fp32 on CPU, where bf16 autocast
+    measured slower than fp32 on CPUs without AMX (see FIELD-NOTES).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(values: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def _seed(base: int, epoch: int, rank: int, stream: int) -> int:
+    # Distinct, reproducible streams per (seed, epoch, rank, purpose); nothing depends on how far a previous
+    # epoch advanced an RNG, which is what makes resume exact.
+    return (base * 1_000_003 + epoch * 10_007 + rank * 101 + stream) % (2**63 - 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    channels_last: bool = False,
+    autocast_dtype: Optional[torch.dtype] = None,
+    device: Optional[torch.device] = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on uint8 images ``x``; reduced over DDP ranks.
+
+    Each rank evaluates its own contiguous shard, so the work splits and the totals are exact.
+    """
+    device = device or next(model.parameters()).device
+    rank, world = _rank_world()
+    n = x.shape[0]
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    for i in range(lo, hi, batch_size):
+        xb = normalize(x[i : min(i + batch_size, hi)].to(device, non_blocking=True), channels_last=channels_last)
+        yb = y[i : min(i + batch_size, hi)].to(device, non_blocking=True)
+        with amp:
+            out = model(xb)
+        totals[0] += F.cross_entropy(out.float(), yb, reduction="sum")
+        totals[1] += (out.argmax(1) == yb).sum()
+        totals[2] += yb.numel()
+    totals = _all_sum(totals, world)
+    model.train(was_training)
+    count = max(totals[2].item(), 1.0)
+    return totals[0].item() / count, totals[1].item() / count
+
+
+class _EarlyStop:
+    def __init__(self, mode: str, patience: Optional[int]):
+        self.mode, self.patience = mode, patience
+        self.best: Optional[float] = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's metric; True when patience is exhausted."""
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load(self, state: dict) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+
+
+def _layer_metrics(model: nn.Module) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, s in ternary_stats(model).items():
+        for key in ("neg_frac", "zero_frac", "pos_frac", "scale"):
+            out[f"ternary/{name}/{key}"] = float(s[key])
+    return out
+
+
+def run(
+    cfg: TrainConfig,
+    report: Optional[Report] = None,
+    resume_from: Optional[str | Path] = None,
+    *,
+    device: Optional[torch.device] = None,
+    on_batch: Optional[Callable[[int, int, int], None]] = None,
+) -> dict[str, Any]:
+    """Train one model as ``cfg`` says; return the last epoch's metrics (plus ``best_*``).
+
+    Args:
+        cfg: a validated training config.
+        report: called after every epoch with the metrics and, on rank 0, a checkpoint directory that is
+            deleted after the call returns (copy or move it to keep it).
+        resume_from: a checkpoint directory written by an earlier call; training continues after its epoch.
+        device: where to train; default CUDA (local rank) when present, else CPU.
+        on_batch: optional progress hook ``(epoch, batch_index, batches_per_epoch)``.
+
+    Raises:
+        DivergedError: the training loss became NaN or infinite.
+    """
+    p = cfg.train
+    device = device or pick_device()
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    rank, world = _rank_world()
+    if p.batch_size % world:
+        raise ValueError(f"batch_size {p.batch_size} is not divisible by {world} workers")
+    local_bs = p.batch_size // world
+
+    split = make_split(cfg.data)
+    # The dataset is small: keep it uint8 on the training device; batches are gathered by index there.
+    train_x, train_y = split.train_x.to(device), split.train_y.to(device)
+    val_x, val_y = split.val_x.to(device), split.val_y.to(device)
+    shard = train_x.shape[0] // world
+    batches = shard // local_bs
+    if batches < 1:
+        raise ValueError(f"{shard} training images per worker are fewer than one batch of {local_bs}")
+
+    torch.manual_seed(p.seed)  # model init is identical on every rank (DDP also broadcasts it)
+    model = build_model(cfg.model).to(device)
+    # channels_last measured 19-38% faster for these convnets on CPU, and it is what tensor cores want.
+    channels_last = bool(p.channels_last) if p.channels_last != "auto" else True
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    latent = latent_weight_params(model)
+    optimizer = optim.build_optimizer(optim.param_groups(model, p, latent), p, device)
+    steps = optim.steps_per_epoch(batches, p.grad_accum)
+    schedule = optim.build_schedule(optimizer, p, steps)
+    amp_dtype = resolve_precision(p.precision, device)
+    # fp16 needs loss scaling against underflow; bf16 has fp32's exponent range and does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    stopper = _EarlyStop(cfg.metric.mode, p.early_stop_patience)
+    start_epoch = 1
+    if resume_from is not None:
+        state, _ = load_checkpoint(resume_from, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        stopper.load(state["early_stop"])
+        start_epoch = int(state["epoch"]) + 1
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if p.compile:
+        net = torch.compile(net)
+    augment = BatchAugment(p, channels_last=channels_last)
+    amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    metrics: dict[str, Any] = {}
+
+    for epoch in range(start_epoch, p.epochs + 1):
+        t0 = time.perf_counter()
+        torch.manual_seed(_seed(p.seed, epoch, rank, 0))  # torchvision v2 transforms draw from the global RNG
+        order_gen = torch.Generator().manual_seed(_seed(p.seed, epoch, 0, 1))  # same permutation on all ranks
+        aug_gen = torch.Generator(device=device).manual_seed(_seed(p.seed, epoch, rank, 2))
+        perm = torch.randperm(train_x.shape[0], generator=order_gen)[rank::world][: batches * local_bs]
+        perm = perm.to(device)
+        net.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count: no per-step sync
+        for b in range(batches):
+            idx = perm[b * local_bs : (b + 1) * local_bs]
+            xb, yb = augment(train_x[idx], train_y[idx], aug_gen)
+            step_now = (b + 1) % p.grad_accum == 0 or b + 1 == batches
+            sync = nullcontext() if step_now or world == 1 else net.no_sync()
+            with sync:
+                with amp:
+                    out = net(xb)
+                    loss = F.cross_entropy(out, yb, label_smoothing=p.label_smoothing)
+                scaler.scale(loss / p.grad_accum).backward()
+            if step_now:
+                if p.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+            hard = yb if yb.ndim == 1 else yb.argmax(1)
+            sums[0] += loss.detach().float() * hard.numel()
+            sums[1] += (out.detach().argmax(1) == hard).sum()
+            sums[2] += hard.numel()
+            if on_batch is not None:
+                on_batch(epoch, b, batches)
+        train_seconds = time.perf_counter() - t0
+        sums = _all_sum(sums, world)
+        train_loss = sums[0].item() / sums[2].item()
+        if not math.isfinite(train_loss):
+            raise DivergedError(epoch, train_loss)
+        val_loss, val_acc = evaluate(
+            net, val_x, val_y, batch_size=p.eval_batch_size, channels_last=channels_last,
+            autocast_dtype=amp_dtype, device=device,
+        )
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": sums[1].item() / sums[2].item(),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": optimizer.param_groups[-1]["lr"],
+            "ternary_lr": optimizer.param_groups[0]["lr"] if latent else 0.0,
+            "images_per_sec": sums[2].item() / train_seconds,
+            "epoch_seconds": time.perf_counter() - t0,
+            "ternary_zero_frac": overall_zero_frac(model) if latent else 0.0,
+            "world_size": world,
+        }
+        metrics.update(_layer_metrics(model))
+        stop = stopper.update(metrics[cfg.metric.name], epoch)
+        metrics.update(
+            best_metric=stopper.best, best_epoch=stopper.best_epoch, early_stopped=stop,
+            done=stop or epoch == p.epochs,
+        )
+        ckpt_dir = None
+        if rank == 0 and report is not None:
+            ckpt_dir = tempfile.mkdtemp(prefix=f"ternsearch-ckpt-e{epoch}-")
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict(),
+                "early_stop": stopper.state(),
+                "epoch": epoch,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+            }
+            save_checkpoint(ckpt_dir, state, {"epoch": epoch, "config": cfg.model_dump(mode="json"),
+                                              "metrics": {k: v for k, v in metrics.items() if "/" not in k}})
+        if report is not None:
+            try:
+                report(dict(metrics), ckpt_dir)
+            finally:
+                if ckpt_dir is not None:
+                    shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if stop:
+            break
+    return metrics
+
+
+def model_from_checkpoint(path: str | Path, device: Optional[torch.device] = None) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild the model a checkpoint holds (its config travels in the manifest), in eval mode."""
+    device = device or torch.device("cpu")
+    state, manifest = load_checkpoint(path, map_location=device)
+    cfg = TrainConfig.model_validate(manifest["config"])
+    model = build_model(cfg.model).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg

@@ -1,0 +1,100 @@
+"""Optimizers with ternary-aware parameter groups, and learning-rate schedules (stepped once per optimizer step)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from trainables.config import TrainParams
+
+__all__ = ["build_optimizer", "build_schedule", "param_groups"]
+
+
+def param_groups(model: nn.Module, params: TrainParams, latent: list[nn.Parameter]) -> list[dict]:
+    """Split parameters into three groups.
+
+    - latent ternary weights: lr * ternary_lr_ratio, with weight decay (decay pulls latent weights toward the
+      threshold, which is how weight decay shapes ternary sparsity);
+    - other weights (full-precision convs and linears): lr, with weight decay;
+    - BatchNorm parameters and biases (ndim <= 1): lr, no weight decay.
+    Empty groups are dropped (a model with quantizer ``none`` has no latent group).
+    """
+    latent_ids = {id(p) for p in latent}
+    groups = {"ternary": [], "weights": [], "no_decay": []}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in latent_ids:
+            groups["ternary"].append(p)
+        elif p.ndim <= 1:
+            groups["no_decay"].append(p)
+        else:
+            groups["weights"].append(p)
+    spec = {
+        "ternary": (params.lr * params.ternary_lr_ratio, params.weight_decay),
+        "weights": (params.lr, params.weight_decay),
+        "no_decay": (params.lr, 0.0),
+    }
+    return [
+        {"params": ps, "lr": spec[name][0], "weight_decay": spec[name][1], "name": name}
+        for name, ps in groups.items()
+        if ps
+    ]
+
+
+def build_optimizer(groups: list[dict], params: TrainParams, device: torch.device) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov), Adam or AdamW; fused kernels on CUDA, foreach on CPU."""
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=params.lr, momentum=params.momentum, nesterov=params.nesterov and params.momentum > 0, **fast
+        )
+    if params.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=params.lr, **fast)
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.lr, **fast)
+    raise ValueError(f"unknown optimizer {params.optimizer!r}")
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The LR schedule over ``epochs * steps_per_epoch`` optimizer steps, with optional linear warm-up.
+
+    All schedules are torch's own; warm-up is a LinearLR chained by SequentialLR (one-cycle has a warm-up
+    phase of its own, so there ``warmup_epochs`` sets its ``pct_start`` instead).
+    """
+    total = params.epochs * steps_per_epoch
+    warm = params.warmup_epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler
+    if params.schedule == "onecycle":
+        pct = warm / total if warm else 0.25
+        return sched.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total,
+            pct_start=min(max(pct, 1.0 / total), 0.99),
+            cycle_momentum=params.optimizer == "sgd" and params.momentum > 0,
+        )
+    main_steps = max(total - warm, 1)
+    if params.schedule == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
+    elif params.schedule == "step":
+        every = params.step_every or max(params.epochs // 3, 1)
+        main = sched.StepLR(optimizer, step_size=every * steps_per_epoch, gamma=params.step_gamma)
+    elif params.schedule == "none":
+        main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
+        raise ValueError(f"unknown schedule {params.schedule!r}")
+    if not warm:
+        return main
+    # Start warm-up at 1/warm of the target so the first step is small but not zero.
+    warmup = sched.LinearLR(optimizer, start_factor=1.0 / max(warm, 2), end_factor=1.0, total_iters=warm)
+    return sched.SequentialLR(optimizer, [warmup, main], milestones=[warm])
+
+
+def steps_per_epoch(batches: int, grad_accum: int) -> int:
+    """Optimizer steps in an epoch of ``batches`` micro-batches."""
+    return max(math.ceil(batches / grad_accum), 1)
