@@ -26,17 +26,18 @@ def resolve_storage(spec: SweepSpec, override: Optional[str]) -> str:
     return str(Path(raw).expanduser().resolve())
 
 
-def _writable(path: Path) -> bool:
+def _unwritable(path: Path) -> Optional[str]:
+    """Why ``path`` (which may not exist yet) cannot be created and written, or None when it can."""
     probe = path
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        return False
+        return f"{probe} is not a directory"
     try:
         with tempfile.NamedTemporaryFile(dir=probe, prefix=".ternsearch-probe-"):
-            return True
-    except OSError:
-        return False
+            return None
+    except OSError as exc:
+        return f"cannot write in {probe}: {exc.strerror or exc.__class__.__name__}"
 
 
 def local_resources() -> dict[str, float]:
@@ -62,12 +63,14 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
         check_data(spec.data)
     except DataError as exc:
         raise PreflightError(str(loc.error(("data", "root") if spec.data.root else ("data",), str(exc)))) from None
-    if "://" not in storage and not _writable(Path(storage)):
-        raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable "
-                                           "(choose a directory you can write, or --storage DIR)")))
+    why = _unwritable(Path(storage)) if "://" not in storage else None
+    if why:
+        raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable: {why} (use a "
+                                           "directory you can write, or --storage DIR)")))
     if spec.resources.use_gpu is True and address is None and local_resources().get("GPU", 0) == 0:
         raise PreflightError(str(loc.error(("resources", "use_gpu"), "true, but this machine has no GPU and no "
-                                           "--address was given (use use_gpu: auto, or join a GPU cluster)")))
+                                           "--address was given (use use_gpu: auto or false, or --address of a "
+                                           "cluster with GPUs)")))
 
 
 def check_fits(spec: SweepSpec, trial_resources: dict[str, float], cluster: dict[str, float],

@@ -37,7 +37,7 @@ def trial_status(last: dict, errored: bool, error: str = "") -> tuple[str, str]:
     """(status, reason) of a finished trial from its last result."""
     if errored:
         return "failed", error or "error"
-    if last.get("done"):
+    if last.get("run_complete"):
         return "completed", "early stopped (patience)" if last.get("early_stopped") else ""
     return "stopped", f"stopped by ASHA at epoch {last.get('epoch', 0)}"
 

@@ -6,17 +6,15 @@ run for ``ternsearch train``; a sweep file adds ``search:`` distributions and th
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Any, Literal, NoReturn, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ternsearch.errors import SpecError
-from ternsearch.yamlsrc import Located, load_located
+from ternsearch.yamlsrc import Located, did_you_mean, explain_first, load_located, show
 from trainables.config import DataConfig, MetricConfig, ModelConfig, TrainConfig, TrainParams
 
 __all__ = ["Param", "SweepSpec", "TrainFile", "load_spec", "load_train_file", "DIST_KINDS"]
@@ -89,7 +87,12 @@ class _Common(_Strict):
     tracking: TrackingConfig = TrackingConfig()
 
     def base_config(self) -> TrainConfig:
-        return TrainConfig(name=self.name, metric=self.metric, data=self.data, model=self.model, train=self.train)
+        data = self.data
+        if data.root and not Path(data.root).expanduser().is_absolute():
+            # Trials may run in another working directory (Ray workers): pin a relative root to where the
+            # command was run.
+            data = data.model_copy(update={"root": str(Path(data.root).expanduser().resolve())})
+        return TrainConfig(name=self.name, metric=self.metric, data=data, model=self.model, train=self.train)
 
 
 class TrainFile(_Common):
@@ -136,78 +139,30 @@ class SweepSpec:
     """A validated sweep file."""
 
     file: str
-    model: _SweepModel
+    doc: _SweepModel
     params: tuple[Param, ...]
     located: Located = field(repr=False, compare=False)
 
-    def __getattr__(self, item):  # name, metric, data, train, searcher, ... come from the model
-        return getattr(self.__dict__["model"], item)
+    def __getattr__(self, item):  # name, metric, data, model, train, searcher, ... come from the document
+        if item.startswith("__"):
+            raise AttributeError(item)
+        return getattr(self.__dict__["doc"], item)
 
     def base_config(self) -> TrainConfig:
-        return self.model.base_config()
-
-
-# ---------------------------------------------------------------------------------------------- pydantic errors
-def _allowed(model_cls: type[BaseModel], loc: tuple) -> list[str]:
-    cls: Any = model_cls
-    for part in loc:
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
-            return []
-        ann = cls.model_fields[part].annotation
-        cls = next((a for a in (get_args(ann) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
-
-
-def _message(model_cls: type[BaseModel], err: dict) -> str:
-    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
-    loc = tuple(err["loc"])
-    if kind == "extra_forbidden":
-        allowed = _allowed(model_cls, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        return f"unknown key ({hint}allowed: {', '.join(allowed)})"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "literal_error":
-        return f"{got!r} is not allowed (choose from: {ctx.get('expected', '').replace(' or ', ', ')})"
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-    if kind in bounds:
-        limit = next(iter(ctx.values()))
-        return f"{got!r} is out of range (must be {bounds[kind]} {limit})"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        expected = kind.split("_")[0].replace("dict", "mapping").replace("model", "mapping")
-        expected = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
-                    "mapping": "a mapping", "list": "a list", "tuple": "a list"}.get(expected, expected)
-        return f"{got!r} has the wrong type (expected {expected})"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return f"{err['msg']} (got {got!r})"
-
-
-def _raise_first(located: Located, model_cls: type[BaseModel], exc: ValidationError, prefix: tuple = ()) -> None:
-    errors = exc.errors()
-    # Prefer errors that point at a concrete key; a union of types reports one error per branch.
-    err = errors[0]
-    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("literal",))))
-    raise located.error(loc, _message(model_cls, err)) from None
-
-
-def _validate_model(located: Located, cls: type[BaseModel], data: dict) -> BaseModel:
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        _raise_first(located, cls, exc)
-    raise AssertionError("unreachable")
+        return self.doc.base_config()
 
 
 # ---------------------------------------------------------------------------------------------- search params
-_PARAM_KEYS = set(DIST_KINDS) | {"step", "log", "when"}
+_PARAM_KEYS = (*DIST_KINDS, "step", "log", "when")
+_SWEEP_ONLY = ("search", "searcher", "scheduler", "resources", "storage", "failure")
+_EXAMPLE = "e.g. lr: {loguniform: [0.01, 0.5]}"
 
 
-def _searchable() -> dict[str, type[BaseModel]]:
-    names: dict[str, type[BaseModel]] = {k: TrainParams for k in TrainParams.model_fields}
-    names.update({f"model.{k}": ModelConfig for k in ModelConfig.model_fields})
-    names.update({f"data.{k}": DataConfig for k in ("val_fraction", "subset")})
+def _searchable() -> dict[str, Any]:
+    """Searchable key -> its field's annotation."""
+    names = {k: f.annotation for k, f in TrainParams.model_fields.items()}
+    names.update({f"model.{k}": f.annotation for k, f in ModelConfig.model_fields.items()})
+    names.update({f"data.{k}": DataConfig.model_fields[k].annotation for k in ("val_fraction", "subset")})
     return names
 
 
@@ -216,116 +171,195 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _parse_param(loc: Located, name: str, raw: Any, fixed: set[str]) -> Param:
     at = ("search", name)
     searchable = _searchable()
     if name not in searchable:
-        close = difflib.get_close_matches(name, list(searchable), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise loc.error(at, f"not a searchable key ({hint}search keys are train keys, or model.KEY / data.KEY)")
+        raise loc.error(at, f"not a searchable key ({did_you_mean(name, list(searchable))}search keys are the "
+                            "train keys, or " + ", ".join(k for k in searchable if "." in k) + ")")
     if name in fixed:
-        where = name if "." in name else f"train.{name}"
-        raise loc.error(at, f"is both fixed ({where}) and searched (keep it in one place)")
+        where = ("model", "data")[name.startswith("data.")] if "." in name else "train"
+        path = (where, name.split(".", 1)[-1])
+        raise loc.error(at, f"is also fixed as {'.'.join(path)} on line {loc.line(path)} (a key is either fixed "
+                            "or searched: remove one of them)")
     if not isinstance(raw, dict):
-        raise loc.error(at, f"expected a distribution mapping like {{loguniform: [0.01, 0.5]}} (one of: "
-                            f"{', '.join(DIST_KINDS)}), got {raw!r}")
-    unknown = [k for k in raw if k not in _PARAM_KEYS]
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), sorted(_PARAM_KEYS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise loc.error(at + (unknown[0],), f"unknown key ({hint}allowed: {', '.join(DIST_KINDS)}, step, log, when)")
+        raise loc.error(at, f"{show(raw)} is not a distribution (write a mapping such as {{loguniform: [0.01, 0.5]}}"
+                            f"; distributions: {', '.join(DIST_KINDS)})")
+    for key in raw:
+        if key not in _PARAM_KEYS:
+            raise loc.error(at + (key,), f"unknown key ({did_you_mean(key, list(_PARAM_KEYS))}allowed: "
+                                         f"{', '.join(_PARAM_KEYS)})")
     kinds = [k for k in DIST_KINDS if k in raw]
-    if len(kinds) != 1:
-        raise loc.error(at, f"needs exactly one distribution (one of: {', '.join(DIST_KINDS)}), got {kinds or 'none'}")
+    if not kinds:
+        raise loc.error(at, f"no distribution (add one of: {', '.join(DIST_KINDS)}; {_EXAMPLE})")
+    if len(kinds) > 1:
+        raise loc.error(at + (kinds[1],), f"a second distribution after {kinds[0]} (give exactly one of: "
+                                          f"{', '.join(DIST_KINDS)})")
     kind = kinds[0]
-    value = raw[kind]
-    when = _parse_when(loc, at, raw.get("when"))
+    when = _parse_when(loc, at, raw)
     if kind == "choice":
-        for extra in ("step", "log"):
-            if extra in raw:
-                raise loc.error(at + (extra,), f"does not apply to choice (only to uniform/int)")
-        if not isinstance(value, list) or not value:
-            raise loc.error(at + ("choice",), "must be a non-empty list of values")
-        for i, v in enumerate(value):
-            if isinstance(v, (dict, list)):
-                raise loc.error(at + ("choice", i), f"choice values must be scalars, got {v!r}")
-            if v in value[:i]:
-                raise loc.error(at + ("choice", i), f"duplicate choice value {v!r} (each value once)")
-        return Param(name, kind, choices=tuple(value), when=when)
+        return _parse_choice(loc, at, raw, when)
+    return _parse_range(loc, at, kind, raw, when, searchable[name])
+
+
+def _parse_choice(loc: Located, at: tuple, raw: dict, when: dict) -> Param:
+    for extra in ("step", "log"):
+        if extra in raw:
+            raise loc.error(at + (extra,), "does not apply to choice (step and log go with uniform or int)")
+    value = raw["choice"]
+    if not isinstance(value, list):
+        raise loc.error(at + ("choice",), f"{show(value)} is not a list (choice takes a list of values, "
+                                          "e.g. [sgd, adam])")
+    if not value:
+        raise loc.error(at + ("choice",), "is an empty list (choice needs at least one value)")
+    for i, v in enumerate(value):
+        if isinstance(v, (dict, list)) or v is None:
+            raise loc.error(at + ("choice", i), f"{show(v)} is not a single value (choice values are numbers, "
+                                                "words or true/false)")
+        if any(v == w and type(v) is type(w) for w in value[:i]):
+            raise loc.error(at + ("choice", i), f"{show(v)} is listed twice (each choice value may appear once)")
+    return Param(at[1], "choice", choices=tuple(value), when=when)
+
+
+def _parse_range(loc: Located, at: tuple, kind: str, raw: dict, when: dict, annotation: Any) -> Param:
+    value = raw[kind]
     if not isinstance(value, list) or len(value) != 2 or not all(_is_num(v) for v in value):
-        raise loc.error(at + (kind,), f"must be [low, high] with two numbers, got {value!r}")
+        raise loc.error(at + (kind,), f"{show(value)} is not [low, high] (give two numbers, e.g. [0.01, 0.5])")
     low, high = value
     if kind == "int" and not (_is_int(low) and _is_int(high)):
-        raise loc.error(at + (kind,), f"int range needs integer bounds, got {value!r} (write e.g. [0, 5])")
+        raise loc.error(at + (kind,), f"{show(value)} has a bound that is not a whole number (int takes integer "
+                                      "bounds such as [0, 5]; use uniform for real numbers)")
+    if kind != "int" and annotation in (int, Optional[int]):
+        raise loc.error(at + (kind,), f"{at[1]} takes whole numbers ({kind} draws real numbers: use "
+                                      f"int: {show(value)}" + (", log: true)" if kind == "loguniform" else ")"))
     if low > high:
-        raise loc.error(at + (kind,), f"low {low} > high {high} (low must be <= high)")
-    log = kind == "loguniform" or bool(raw.get("log", False))
-    if "log" in raw and (kind != "int" or not isinstance(raw["log"], bool)):
-        raise loc.error(at + ("log",), "log: true|false applies to int only (use loguniform for floats)")
+        raise loc.error(at + (kind,), f"low {show(low)} is greater than high {show(high)} (low must be <= high)")
+    if "log" in raw:
+        if kind != "int":
+            raise loc.error(at + ("log",), f"does not apply to {kind} (log goes with int; for real numbers on "
+                                           "a log scale use loguniform)")
+        if not isinstance(raw["log"], bool):
+            raise loc.error(at + ("log",), f"{show(raw['log'])} is not true or false (log: true samples on a log "
+                                           "scale)")
+    log = kind == "loguniform" or raw.get("log") is True
     if log and low <= 0:
-        raise loc.error(at + (kind,), f"log scale needs low > 0, got {low}")
+        raise loc.error(at + (kind,), f"low {show(low)} is not positive (a log scale needs low > 0)")
     step = raw.get("step")
-    if step is not None:
-        if kind == "loguniform" or log:
-            raise loc.error(at + ("step",), "step and log scale are exclusive (Optuna's rule)")
+    if "step" in raw:
+        if log:
+            raise loc.error(at + ("step",), f"cannot be combined with a log scale (Optuna takes step or log, not "
+                                            "both)")
         if not _is_num(step) or step <= 0 or (kind == "int" and not _is_int(step)):
-            raise loc.error(at + ("step",), f"step must be a positive {'integer' if kind == 'int' else 'number'}, "
-                                            f"got {step!r}")
-    return Param(name, kind, low=low, high=high, step=step, log=log, when=when)
+            raise loc.error(at + ("step",), f"{show(step)} is not a positive "
+                                            f"{'whole number' if kind == 'int' else 'number'} (step must be > 0)")
+    return Param(at[1], kind, low=low, high=high, step=step, log=log, when=when)
 
 
-def _parse_when(loc: Located, at: tuple, raw: Any) -> dict:
-    if raw is None:
+def _parse_when(loc: Located, at: tuple, raw: dict) -> dict:
+    if "when" not in raw:
         return {}
-    if not isinstance(raw, dict) or not raw:
-        raise loc.error(at + ("when",), "must map a searched choice parameter to the values that enable this one, "
-                                        "e.g. {augment: [mixup]}")
+    cond = raw["when"]
+    if not isinstance(cond, dict) or not cond:
+        raise loc.error(at + ("when",), f"{show(cond)} is not a condition (map a searched choice parameter to "
+                                        "the values that enable this one, e.g. {augment: [mixup]})")
     out = {}
-    for parent, values in raw.items():
+    for parent, values in cond.items():
         vals = values if isinstance(values, list) else [values]
+        if not vals:
+            raise loc.error(at + ("when", parent), f"is an empty list (list the values of {parent} that enable "
+                                                   f"{at[1]})")
         out[str(parent)] = tuple(vals)
     return out
 
 
-def _check_params(loc: Located, params: list[Param], base: TrainConfig) -> None:
+def _check_conditions(loc: Located, params: list[Param]) -> None:
     by_name = {p.name: p for p in params}
+    choices = [q.name for q in params if q.kind == "choice"]
     for p in params:
-        at = ("search", p.name)
         for parent, values in p.when.items():
+            at = ("search", p.name, "when", parent)
             src = by_name.get(parent)
-            if src is None or src.kind != "choice":
-                raise loc.error(at + ("when", parent), f"conditions must name a searched choice parameter "
-                                f"(searched choices: {', '.join(q.name for q in params if q.kind == 'choice') or 'none'})")
+            allowed = (f"conditions name one of: {', '.join(choices)}" if choices
+                       else "only a parameter searched with choice can enable others, and there is none")
             if parent == p.name:
-                raise loc.error(at + ("when", parent), "a parameter cannot depend on itself")
+                raise loc.error(at, f"a parameter cannot depend on itself ({allowed})")
+            if src is None:
+                raise loc.error(at, f"not a searched parameter ({did_you_mean(parent, choices)}{allowed})")
+            if src.kind != "choice":
+                raise loc.error(at, f"is searched with {src.kind}, not choice ({allowed})")
             for v in values:
-                if v not in src.choices:
-                    raise loc.error(at + ("when", parent), f"{v!r} is never chosen for {parent} "
-                                    f"(its choices: {list(src.choices)})")
-        # Every value the searcher may propose must be a valid config: check both bounds, or every choice.
-        candidates = list(p.choices) if p.kind == "choice" else [p.low, p.high]
-        for i, v in enumerate(candidates):
+                if not any(v == c and type(v) is type(c) for c in src.choices):
+                    raise loc.error(at, f"{show(v)} is never chosen for {parent} (its choices: "
+                                        f"{', '.join(show(c).strip(chr(39)) for c in src.choices)})")
+    # Parents must come before children in some order: no cycles (space.ordered relies on it).
+    done: set[str] = set()
+    pending = list(params)
+    while pending:
+        ready = [p for p in pending if set(p.when) <= done]
+        if not ready:
+            p = pending[0]
+            raise loc.error(("search", p.name, "when"), "conditions form a cycle among " + ", ".join(
+                q.name for q in pending) + " (a parameter must not depend, even indirectly, on itself)")
+        done |= {p.name for p in ready}
+        pending = [p for p in pending if p not in ready]
+
+
+def _check_values(loc: Located, params: list[Param], base: TrainConfig) -> None:
+    """Every value the searcher may propose must make a valid config: both bounds of a range, every choice, and
+    every pair of those across two parameters (cross-field rules such as warmup_epochs < epochs)."""
+    cands = {p.name: list(p.choices) if p.kind == "choice" else [p.low, p.high] for p in params}
+
+    def fail(p: Param, i: int, exc: ValidationError, other: str = "") -> NoReturn:
+        sub = (p.kind, i) if p.kind == "choice" else (p.kind,)
+        raise loc.error(("search", p.name) + sub, explain_first(TrainConfig, exc) + other) from None
+
+    for p in params:
+        for i, v in enumerate(cands[p.name]):
             try:
                 base.with_overrides({p.name: v})
             except ValidationError as exc:
-                sub = (p.kind, i) if p.kind == "choice" else (p.kind,)
-                err = exc.errors()[0]
-                raise loc.error(at + sub, _message(TrainConfig, err)) from None
+                fail(p, i, exc)
+    for a, p in enumerate(params):
+        for q in params[a + 1:]:
+            for i, v in enumerate(cands[p.name]):
+                for w in cands[q.name]:
+                    if not (_enabled(p, {q.name: w}) and _enabled(q, {p.name: v})):
+                        continue
+                    try:
+                        base.with_overrides({p.name: v, q.name: w})
+                    except ValidationError as exc:
+                        fail(p, i, exc, f", with {q.name} {show(w)} from search.{q.name} (every combination the "
+                                        "searcher may propose must be a valid config)")
 
 
-def _fixed_keys(model: _SweepModel) -> set[str]:
-    fixed = set(model.train.model_fields_set)
-    fixed |= {f"model.{k}" for k in model.model.model_fields_set}
-    fixed |= {f"data.{k}" for k in model.data.model_fields_set}
+def _enabled(p: Param, values: dict) -> bool:
+    """False when ``values`` sets a parent of ``p`` to a value that disables it."""
+    return all(values[k] in allowed for k, allowed in p.when.items() if k in values)
+
+
+def _fixed_keys(doc: _SweepModel) -> set[str]:
+    fixed = set(doc.train.model_fields_set)
+    fixed |= {f"model.{k}" for k in doc.model.model_fields_set}
+    fixed |= {f"data.{k}" for k in doc.data.model_fields_set}
     return fixed
 
 
 def _check_name(loc: Located, name: str) -> None:
     if not _NAME_RE.match(name):
-        raise loc.error(("name",), f"{name!r} is not a valid name (letters, digits, '.', '_', '-'; no '/' or spaces)")
+        raise loc.error(("name",), f"{show(name)} is not a valid name (up to 100 letters, digits, '.', '_' and "
+                                   "'-', starting with a letter or digit: it names directories and runs)")
+
+
+def _check_sweep_keys_need_search(loc: Located) -> None:
+    """A file with searcher:/scheduler:/... but no search: is a broken sweep, whichever command reads it."""
+    keys = [k for k in _SWEEP_ONLY if k in loc.data]
+    typo = any(did_you_mean(k, ["search"]) for k in loc.data if k not in _SweepModel.model_fields)
+    if keys and "search" not in loc.data and not typo:  # a misspelt search: is reported as an unknown key
+        raise loc.error((keys[0],), f"is a sweep setting, but the file has no search: (add search: with at least "
+                                    f"one distribution, {_EXAMPLE}; or remove {keys[0]}: to make a train file)")
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -335,49 +369,62 @@ def load_spec(path: str | Path) -> SweepSpec:
         SpecError: the first problem found, as ``FILE:LINE: key: what is wrong (what is allowed)``.
     """
     loc = load_located(path)
-    model: _SweepModel = _validate_model(loc, _SweepModel, loc.data)  # type: ignore[assignment]
-    _check_name(loc, model.name)
-    if not model.search:
-        raise loc.error(("search",) if "search" in loc.data else (), "a sweep needs a search: section with at "
-                        "least one distribution (a file without one is a train config: use `ternsearch train`)")
-    fixed = _fixed_keys(model)
-    params = [_parse_param(loc, str(name), raw, fixed) for name, raw in model.search.items()]
-    base = model.base_config()
-    _check_params(loc, params, base)
-    _check_sweep(loc, model, params)
-    return SweepSpec(file=str(path), model=model, params=tuple(params), located=loc)
+    _check_sweep_keys_need_search(loc)
+    doc: _SweepModel = loc.validate(_SweepModel)  # type: ignore[assignment]
+    _check_name(loc, doc.name)
+    if "search" not in loc.data:
+        raise loc.error(("search",), f"required key is missing (a sweep searches at least one distribution, "
+                                     f"{_EXAMPLE}; a file without search: is a train file for `ternsearch train`)")
+    if not doc.search:
+        raise loc.error(("search",), f"is empty (add at least one distribution, {_EXAMPLE})")
+    fixed = _fixed_keys(doc)
+    params = [_parse_param(loc, str(name), raw, fixed) for name, raw in doc.search.items()]
+    _check_conditions(loc, params)
+    _check_values(loc, params, doc.base_config())
+    _check_sweep(loc, doc, params)
+    return SweepSpec(file=str(path), doc=doc, params=tuple(params), located=loc)
 
 
-def _values(params: list[Param], name: str, fixed: Any) -> list:
-    p = next((q for q in params if q.name == name), None)
-    if p is None:
-        return [fixed]
-    return list(p.choices) if p.kind == "choice" else [p.low, p.high]
+def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
+    by_name = {p.name: p for p in params}
+    ep = by_name.get("epochs")
+    max_epochs = doc.train.epochs if ep is None else max(ep.choices) if ep.kind == "choice" else ep.high
+    if doc.scheduler.algorithm == "asha" and doc.scheduler.grace_period > max_epochs:
+        what = "train.epochs" if ep is None else "the largest searched epochs"
+        raise loc.error(("scheduler", "grace_period"), f"{doc.scheduler.grace_period} is more than the "
+                        f"{max_epochs} epochs a trial runs (grace_period must be <= {what})")
+    _check_batch_split(loc, doc, by_name.get("batch_size"))
+    if doc.searcher.algorithm == "grid":
+        for p in params:
+            if p.kind != "choice":
+                raise loc.error(("search", p.name, p.kind), f"{p.kind} is not a list of values (the grid searcher "
+                                "takes choice distributions only; use searcher.algorithm: tpe or random for ranges)")
+    res = doc.resources
+    if res.workers_per_trial > 1 and res.gpus_per_worker % 1:
+        raise loc.error(("resources", "gpus_per_worker"), f"{res.gpus_per_worker:g} is a fraction of a GPU, but "
+                        f"workers_per_trial is {res.workers_per_trial} (DDP ranks need whole GPUs: 1, 2, ...)")
+    if res.workers_per_trial > 1 and res.trainer == "function":
+        raise loc.error(("resources", "trainer"), f"'function' runs one worker, but workers_per_trial is "
+                        f"{res.workers_per_trial} (use auto or torchtrainer)")
+    _check_tracking_uri(loc, doc.tracking)
 
 
-def _check_sweep(loc: Located, model: _SweepModel, params: list[Param]) -> None:
-    epochs = _values(params, "epochs", model.train.epochs)
-    max_epochs = max(epochs)
-    if model.scheduler.algorithm == "asha" and model.scheduler.grace_period > max_epochs:
-        raise loc.error(("scheduler", "grace_period"), f"{model.scheduler.grace_period} is more than the "
-                        f"{max_epochs} epochs a trial runs (must be <= train.epochs)")
-    workers = model.resources.workers_per_trial
-    for bs in _values(params, "batch_size", model.train.batch_size):
-        if bs % workers:
-            where = ("search", "batch_size") if any(p.name == "batch_size" for p in params) else ("train", "batch_size")
-            raise loc.error(where, f"{bs} is not divisible by resources.workers_per_trial={workers} "
-                            "(each worker takes batch_size / workers_per_trial images)")
-    if model.searcher.algorithm == "grid":
-        bad = [p.name for p in params if p.kind != "choice"]
-        if bad:
-            raise loc.error(("search", bad[0]), "the grid searcher takes choice distributions only "
-                            "(use searcher.algorithm: tpe or random for ranges)")
-    if model.resources.workers_per_trial > 1 and model.resources.gpus_per_worker % 1:
-        raise loc.error(("resources", "gpus_per_worker"), "fractional GPUs are for single-worker trials only "
-                        "(NCCL needs a whole GPU per DDP rank)")
-    if model.resources.workers_per_trial > 1 and model.resources.trainer == "function":
-        raise loc.error(("resources", "trainer"), "'function' runs one worker; DDP trials need 'torchtrainer' or 'auto'")
-    _check_tracking_uri(loc, model.tracking)
+def _check_batch_split(loc: Located, doc: _SweepModel, searched: Optional[Param]) -> None:
+    """Each of the DDP workers takes batch_size / workers_per_trial images: every batch size must divide."""
+    w = doc.resources.workers_per_trial
+    allowed = f"use a multiple of {w}: each worker takes batch_size / workers_per_trial images"
+    if searched is None:
+        if doc.train.batch_size % w:
+            raise loc.error(("train", "batch_size"), f"{doc.train.batch_size} is not divisible by "
+                                                     f"resources.workers_per_trial ({w}) ({allowed})")
+    elif searched.kind == "choice":
+        for i, bs in enumerate(searched.choices):
+            if bs % w:
+                raise loc.error(("search", "batch_size", "choice", i), f"{bs} is not divisible by "
+                                f"resources.workers_per_trial ({w}) ({allowed})")
+    elif w > 1 and (searched.low % w or (searched.step or 1) % w):
+        raise loc.error(("search", "batch_size", searched.kind), f"the range holds batch sizes not divisible by "
+                        f"resources.workers_per_trial ({w}) (low and step must be multiples of {w}, or use a choice)")
 
 
 _URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
@@ -388,27 +435,32 @@ def _check_tracking_uri(loc: Located, tracking: TrackingConfig) -> None:
     if uri is None:
         return
     scheme, sep, rest = uri.partition("://")
-    if not sep:
-        if ":" in uri.split("/")[0]:
-            raise loc.error(("tracking", "uri"), f"{uri!r} is not a tracking URI (use sqlite:///FILE.db, "
-                            "http://HOST:PORT, file:///DIR or a local directory path)")
-        return  # a plain local path: MLflow's file store
     base = scheme.split("+")[0]
-    if base not in _URI_SCHEMES or (base in ("http", "https") and not rest.strip("/")) or (
-        base == "sqlite" and not rest.startswith("/")
-    ):
-        raise loc.error(("tracking", "uri"), f"{uri!r} is not a tracking URI (use sqlite:///FILE.db, "
+    if sep:
+        ok = base in _URI_SCHEMES and not (base in ("http", "https") and not rest.strip("/")) and not (
+            base == "sqlite" and not rest.startswith("/"))
+    else:
+        ok = bool(uri.strip()) and ":" not in uri.split("/")[0]  # a plain local path: MLflow's file store
+    if not ok:
+        raise loc.error(("tracking", "uri"), f"{show(uri)} is not a tracking URI (use sqlite:///FILE.db, "
                         "http://HOST:PORT, file:///DIR or a local directory path)")
 
 
 def load_train_file(path: str | Path) -> TrainFile:
-    """Load and validate a single-run file for ``ternsearch train``."""
+    """Load and validate a single-run file for ``ternsearch train``.
+
+    Raises:
+        SpecError: the first problem found, as ``FILE:LINE: key: what is wrong (what is allowed)``.
+    """
     loc = load_located(path)
-    sweep_only = [k for k in ("search", "searcher", "scheduler", "resources", "storage", "failure") if k in loc.data]
-    if sweep_only:
-        raise loc.error((sweep_only[0],), "belongs to sweep files (this is `ternsearch train`; run a sweep with "
-                        "`ternsearch sweep FILE`, or export a trial with `ternsearch export`)")
-    model: TrainFile = _validate_model(loc, TrainFile, loc.data)  # type: ignore[assignment]
-    _check_name(loc, model.name)
-    _check_tracking_uri(loc, model.tracking)
-    return model
+    if "search" in loc.data:
+        raise loc.error(("search",), "belongs to sweep files (this is `ternsearch train`: run a sweep with "
+                                     "`ternsearch sweep FILE`, or export a trial with `ternsearch export`)")
+    _check_sweep_keys_need_search(loc)
+    unknown = [k for k in loc.data if k not in TrainFile.model_fields]
+    if any(did_you_mean(k, list(_SWEEP_ONLY)) for k in unknown):
+        load_spec(path)  # a sweep file with a typo: report it as `sweep` and `validate` of a sweep do
+    doc: TrainFile = loc.validate(TrainFile)  # type: ignore[assignment]
+    _check_name(loc, doc.name)
+    _check_tracking_uri(loc, doc.tracking)
+    return doc

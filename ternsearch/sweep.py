@@ -61,9 +61,11 @@ def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
 def _cluster(address: Optional[str]) -> tuple[dict[str, float], int]:
     import ray
 
-    ctx = ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
-                   configure_logging=True, logging_level="WARNING")
-    del ctx
+    kwargs = {}
+    if address is None:
+        # A local Ray: its dashboard (needed by the State API that Train V2 polls) listens on loopback only.
+        kwargs = {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+    ray.init(address=address, ignore_reinit_error=True, configure_logging=True, logging_level="WARNING", **kwargs)
     alive = [n for n in ray.nodes() if n.get("Alive")]
     return {k: float(v) for k, v in ray.cluster_resources().items()}, len(alive)
 
@@ -155,6 +157,8 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
         callbacks.append(tracker)
     tuner = (restore_tuner(spec, plan, storage_path, results_dir, callbacks) if resume
              else build_tuner(spec, plan, storage_path, callbacks))
+    # Tune warns whenever it snapshots state often; with a checkpoint every epoch that is by design.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     status = "FAILED"
     try:
         with _SignalToInterrupt():

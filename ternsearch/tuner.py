@@ -62,7 +62,8 @@ def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any
         "use_gpu": plan.use_gpu,
         "cpus_per_worker": plan.cpus_per_worker,
         "gpus_per_worker": plan.gpus_per_worker,
-        "storage_path": storage_path,
+        # Train runs of DDP trials live beside the Tune trials, inside the sweep's results directory.
+        "storage_path": f"{storage_path.rstrip('/')}/{spec.name}",
         "max_failures": spec.failure.max_failures,
         "keep_checkpoints": spec.failure.keep_checkpoints,
         "placement_strategy": "SPREAD" if spec.storage.shared else "PACK",
@@ -84,7 +85,7 @@ class _Searcher(OptunaSearch):
                 self._ot_trials[trial_id].report(result[self.metric], epoch)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        if result and not error and not result.get("done", True) and trial_id not in self._completed_trials:
+        if result and not error and not result.get("run_complete", True) and trial_id not in self._completed_trials:
             import optuna
 
             ot_trial = self._ot_trials[trial_id]

@@ -106,6 +106,11 @@ def test_quantize_false_is_full_precision() -> None:
     torch.testing.assert_close(layer(x), ref(x))
 
 
+def test_quantized_weight_keeps_channels_last() -> None:
+    layer = TernaryConv2d(8, 16, 3).to(memory_format=torch.channels_last)
+    assert layer.quantized_weight().is_contiguous(memory_format=torch.channels_last)
+
+
 def test_stats_fractions_sum_to_one() -> None:
     layer = TernaryConv2d(16, 32, 3)
     s = layer.stats()

@@ -14,7 +14,6 @@ Either way, the trial restarts from its latest checkpoint after a failure.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any, Optional
 
@@ -73,6 +72,8 @@ def worker_fn(loop_config: dict) -> None:
     """One Ray Train worker: run the loop under torch.distributed (set up by TorchTrainer)."""
     import ray.train
 
+    _quiet_logs()
+
     from trainables.loop import run
 
     cfg = _config(loop_config["config"], loop_config["setup"])
@@ -129,9 +130,18 @@ def _run_torchtrainer_trial(config: dict, setup: dict) -> None:
     trainer.fit()
 
 
+def _quiet_logs() -> None:
+    import logging
+
+    # Tune and Train log every checkpoint and every report at INFO from every trial and worker, and Ray
+    # forwards those lines to the sweep's terminal; our own progress lines say the same thing once.
+    for name in ("ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_driver_fn(config: dict, setup: dict) -> None:
     """The Tune trial: run the loop here (function mode) or through a TorchTrainer (DDP)."""
-    os.environ.setdefault("TERNSEARCH_TRIAL", "1")
+    _quiet_logs()
     if setup["mode"] == "function":
         _run_function_trial(config, setup)
     else:

@@ -88,6 +88,18 @@ def _all_sum(values: torch.Tensor, world: int) -> torch.Tensor:
     return values
 
 
+def _shard_digest(indices: torch.Tensor, world: int) -> str:
+    """A short digest of the images each rank trains on this epoch, gathered from all ranks ("a,b")."""
+    import hashlib
+
+    mine = hashlib.sha1(indices.cpu().numpy().tobytes()).hexdigest()[:10]
+    if world == 1:
+        return mine
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return ",".join(gathered)
+
+
 def _seed(base: int, epoch: int, rank: int, stream: int) -> int:
     # Distinct, reproducible streams per (seed, epoch, rank, purpose); nothing depends on how far a previous
     # epoch advanced an RNG, which is what makes resume exact.
@@ -183,6 +195,7 @@ def run(
     Raises:
         DivergedError: the training loss became NaN or infinite.
     """
+    entered = time.time()
     p = cfg.train
     device = device or pick_device()
     if p.threads:
@@ -233,6 +246,7 @@ def run(
     augment = BatchAugment(p, channels_last=channels_last)
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     metrics: dict[str, Any] = {}
+    first_step: Optional[float] = None
 
     for epoch in range(start_epoch, p.epochs + 1):
         t0 = time.perf_counter()
@@ -240,12 +254,15 @@ def run(
         order_gen = torch.Generator().manual_seed(_seed(p.seed, epoch, 0, 1))  # same permutation on all ranks
         aug_gen = torch.Generator(device=device).manual_seed(_seed(p.seed, epoch, rank, 2))
         perm = torch.randperm(train_x.shape[0], generator=order_gen)[rank::world][: batches * local_bs]
+        shard_digest = _shard_digest(perm, world)
         perm = perm.to(device)
         net.train()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count: no per-step sync
         for b in range(batches):
             idx = perm[b * local_bs : (b + 1) * local_bs]
             xb, yb = augment(train_x[idx], train_y[idx], aug_gen)
+            if first_step is None:
+                first_step = time.time()
             step_now = (b + 1) % p.grad_accum == 0 or b + 1 == batches
             sync = nullcontext() if step_now or world == 1 else net.no_sync()
             with sync:
@@ -288,12 +305,18 @@ def run(
             "epoch_seconds": time.perf_counter() - t0,
             "ternary_zero_frac": overall_zero_frac(model) if latent else 0.0,
             "world_size": world,
+            "shard_digest": shard_digest,
+            # Wall-clock stamps of this process's run: start-up cost is what benchmarks/trial_overhead.py reads.
+            "run_entered_unix": entered,
+            "first_step_unix": first_step,
         }
         metrics.update(_layer_metrics(model))
         stop = stopper.update(metrics[cfg.metric.name], epoch)
         metrics.update(
+            # run_complete: this is the run's last epoch (all epochs, or patience ran out). Not "done", which
+            # Ray Tune sets itself on every trial's final result, early-stopped by ASHA or not.
             best_metric=stopper.best, best_epoch=stopper.best_epoch, early_stopped=stop,
-            done=stop or epoch == p.epochs,
+            run_complete=stop or epoch == p.epochs,
         )
         ckpt_dir = None
         if rank == 0 and report is not None:

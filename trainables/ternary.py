@@ -186,6 +186,7 @@ def _convert(module: nn.Module, quantizer: str) -> nn.Module:
         )
     new.weight = module.weight
     new.bias = module.bias
+    new.quantizer.to(module.weight.device)  # a quantizer with parameters (TTQ's scales) follows the weight
     new.train(module.training)
     return new
 

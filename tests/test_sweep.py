@@ -1,0 +1,134 @@
+"""End-to-end sweeps through the real CLI: real local Ray, real SQLite MLflow store, real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SPEC = """\
+name: {name}
+metric: {{name: val_acc, mode: max}}
+data: {{subset: 600, val_fraction: 0.2}}
+model: {{arch: tinynet}}
+train: {{epochs: 3, batch_size: 64}}
+search:
+  lr: {{loguniform: [0.0001, 0.3]}}
+  augment: {{choice: [standard, mixup]}}
+  mixup_alpha: {{uniform: [0.1, 0.5], when: {{augment: [mixup]}}}}
+searcher: {{num_samples: {n}, seed: 3, max_concurrent_trials: {conc}}}
+scheduler: {{algorithm: asha, grace_period: 1, reduction_factor: 2}}
+resources: {{workers_per_trial: {workers}, cpus_per_worker: 1}}
+storage: {{path: {storage}}}
+"""
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "ternsearch.cli", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def _sweep(tmp: Path, name: str, n: int, conc: int, workers: int = 1) -> tuple[dict, Path]:
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(SPEC.format(name=name, n=n, conc=conc, workers=workers, storage=tmp / "results"))
+    proc = cli("sweep", str(spec), cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout)
+    return summary, tmp / "results" / name
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_root):
+    # Sequential trials make ASHA's decisions deterministic: a later trial that is worse than the median of
+    # those before it at a rung is stopped there.
+    tmp = tmp_path_factory.mktemp("sweep")
+    summary, results = _sweep(tmp, "e2e", n=6, conc=1)
+    return tmp, summary, results
+
+
+def _runs(results: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, runs
+
+
+def test_every_trial_reported(sweep):
+    _, summary, results = sweep
+    trials = json.loads((results / "trials.json").read_text())
+    assert summary["trials"] == len(trials) == 6
+    assert all(t["status"] in ("completed", "stopped") for t in trials.values())
+    assert any(t["reason"].startswith("stopped by ASHA at epoch") for t in trials.values()), trials
+    assert any(t["status"] == "completed" and t["epochs"] == 3 for t in trials.values())
+    history = [json.loads(line) for line in (results / "history.jsonl").read_text().splitlines()]
+    for t in trials.values():
+        epochs = sorted(r["epoch"] for r in history if r["trial_id"] == t["trial_id"])
+        assert epochs == list(range(1, t["epochs"] + 1))
+
+
+def test_mlflow_parent_and_children(sweep):
+    _, summary, results = sweep
+    client, runs = _runs(results)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 6 and len(runs) == 7
+    assert all(r.info.status != "RUNNING" for r in runs)
+    trials = json.loads((results / "trials.json").read_text())
+    for child in children:
+        trial = trials[child.data.tags["ternsearch.trial_id"]]
+        assert "lr" in child.data.params
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")]
+        assert steps == list(range(1, trial["epochs"] + 1))
+        assert "ternary_zero_frac" in child.data.metrics
+
+
+def test_best_model_loads_and_predicts(sweep, data_root):
+    import mlflow.pytorch
+    import torch
+
+    from trainables.augment import normalize
+    from trainables.data import load_cifar10
+
+    _, summary, results = sweep
+    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(summary["model_uri"])
+    x, y = load_cifar10(str(data_root), train=False)
+    with torch.no_grad():
+        logits = model(normalize(x[:64]))
+    assert logits.shape == (64, 10) and torch.isfinite(logits).all()
+
+
+def test_export_then_retrain_reports_test_accuracy(sweep):
+    tmp, summary, results = sweep
+    best = tmp / "best.yaml"
+    proc = cli("export", str(results), "-o", str(best), "--epochs", "1", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert "epochs: 1" in best.read_text()
+    proc = cli("train", str(best), "-o", str(tmp / "retrain"), "-q", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads(proc.stdout)
+    assert 0.0 <= final["test_acc"] <= 1.0 and final["epoch"] == 1
+    client, runs = _runs(results)
+    linked = [r for r in runs if r.data.tags.get("ternsearch.sweep_parent_run_id")]
+    assert len(linked) == 1 and "test_acc" in linked[0].data.metrics
+
+
+def test_ddp_trial_two_ranks_see_different_data(tmp_path, data_root):
+    summary, results = _sweep(tmp_path, "ddp", n=1, conc=1, workers=2)
+    (trial,) = json.loads((results / "trials.json").read_text()).values()
+    assert trial["status"] == "completed" and trial["last"]["world_size"] == 2
+    digests = trial["last"]["shard_digest"].split(",")
+    assert len(digests) == 2 and digests[0] != digests[1]

@@ -1,0 +1,316 @@
+"""MLflow tracking against a real SQLite store in tmp_path; the sweep test runs a real local Ray Tune sweep
+(a toy function trainable, no torch training) with the tracker as its callback."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+import sys
+import time
+
+import pytest
+from ray.tune.experiment import Trial
+
+from ternsearch.errors import TrackingError
+from ternsearch.tracking import MLflowTracker, default_tracking_uri, flatten_config, log_single_run
+
+FIXED = {"train.epochs": 4, "train.batch_size": 64, "model.arch": "tinynet", "model.quantizer": "twn"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating one runs MLflow's migrations: seconds); one experiment per
+    test keeps them apart."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+def _tracker(tmp_path, store, sweep_id: str, uri: str | None = None) -> MLflowTracker:
+    spec = tmp_path / "spec.yaml"
+    if not spec.exists():
+        spec.write_text("name: toy\nsearch: {lr: {loguniform: [0.01, 1.0]}}\n")
+    return MLflowTracker(uri=uri or default_tracking_uri(store, None), experiment=f"exp-{sweep_id}", sweep_name="toy",
+                         sweep_id=sweep_id, spec_file=str(spec), results_dir=str(tmp_path), metric="val_acc",
+                         mode="max", fixed_params=FIXED)
+
+
+def _client(tracker: MLflowTracker):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracker.uri)
+
+
+def _children(client, tracker: MLflowTracker) -> list:
+    return client.search_runs([tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'")
+
+
+def _parents(client, tracker: MLflowTracker) -> list:
+    return client.search_runs([tracker.experiment_id], "tags.`ternsearch.role` = 'sweep'")
+
+
+def _steps(client, run_id: str, key: str = "val_acc") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def _result(epoch: int, **extra) -> dict:
+    """A result as Tune hands it to callbacks: the loop's metrics plus Tune's bookkeeping."""
+    r = {"epoch": epoch, "val_acc": 0.1 * epoch, "train_loss": 1.0 / epoch, "lr": 0.1, "early_stopped": False,
+         "done": False, "ternary/layer1.0.conv1/zero_frac": 0.3, "node_id": "n1",
+         "training_iteration": epoch, "time_this_iter_s": 0.1, "time_total_s": 0.1 * epoch, "timestamp": 1,
+         "pid": 123, "hostname": "h1", "node_ip": "10.0.0.1", "config": {"lr": 0.1}, "trial_id": "x", "date": "d"}
+    r.update(extra)
+    return r
+
+
+def _trial(trial_id: str, **config) -> Trial:
+    return Trial("toy", config=config, trial_id=trial_id, stub=True)
+
+
+# ------------------------------------------------------------------------------------------------ no Ray needed
+def test_default_uri_and_flatten(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri(tmp_path, None) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert default_tracking_uri(tmp_path, "http://h:5000") == "http://h:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:1")
+    assert default_tracking_uri(tmp_path, None) == "http://env:1"
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri(tmp_path, "sqlite:///rel.db") == f"sqlite:///{tmp_path.resolve()}/rel.db"
+    assert flatten_config({"train": {"lr": 0.1}, "model": {"full_precision_layers": ["stem"]}, "name": "n"}) == {
+        "train.lr": 0.1, "model.full_precision_layers": ["stem"], "name": "n"}
+
+
+def test_trial_runs_restarts_and_resume(tmp_path, store):
+    t = _tracker(tmp_path, store, "toy-1")
+    parent = t.start()
+    client = _client(t)
+    assert client.get_run(parent).data.params["train.epochs"] == "4"
+    assert [a.path for a in client.list_artifacts(parent, "spec")] == ["spec/spec.yaml"]
+
+    trial = _trial("abc_00003", lr=0.123456, **{"model.quantizer": "twn"})
+    t.on_trial_start(0, [trial], trial)
+    for r in (_result(1), _result(2), _result(2, val_acc=0.99), _result(3)):  # epoch 2 again: a restart
+        t.on_trial_result(0, [trial], trial, r)
+    run = client.get_run(t._runs["abc_00003"])
+    assert run.info.run_name == "t003 lr=0.123 quantizer=twn"
+    assert run.data.params == {"lr": "0.123456", "model.quantizer": "twn"}
+    tags = run.data.tags
+    assert (tags["ternsearch.trial_number"], tags["ternsearch.status"], tags["ternsearch.restarts"]) == ("3", "running", "1")
+    assert (tags["ternsearch.hostname"], tags["ternsearch.node_ip"], tags["mlflow.parentRunId"]) == ("h1", "10.0.0.1", parent)
+    assert _steps(client, run.info.run_id) == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
+    assert _steps(client, run.info.run_id, "ternary/layer1.0.conv1/zero_frac") == [(1, 0.3), (2, 0.3), (3, 0.3)]
+    assert not {"training_iteration", "time_total_s", "pid", "timestamp", "done"} & set(run.data.metrics)
+
+    # The driver is killed; a resumed sweep builds a new tracker (from its pickle), finds the same parent, and
+    # reconciles the child left RUNNING before the trial restarts and reopens its own run.
+    t2 = pickle.loads(pickle.dumps(_tracker(tmp_path, store, "toy-1")))
+    assert t2.start() == parent
+    assert t2.reconcile() == 1
+    run = client.get_run(run.info.run_id)
+    assert (run.info.status, run.data.tags["ternsearch.status"]) == ("KILLED", "interrupted (resumed)")
+    t2.on_trial_start(0, [trial], trial)
+    assert [r.info.run_id for r in _children(client, t2)] == [run.info.run_id]
+    run = client.get_run(run.info.run_id)
+    assert (run.info.status, run.data.tags["ternsearch.restarts"]) == ("RUNNING", "2")
+    t2.on_trial_result(0, [trial], trial, _result(3, val_acc=0.5))  # repeated after the checkpoint: skipped
+    t2.on_trial_result(0, [trial], trial, _result(4, done=True))
+    t2.on_trial_complete(0, [trial], trial)
+    run = client.get_run(run.info.run_id)
+    assert (run.info.status, run.data.tags["ternsearch.status"]) == ("FINISHED", "completed")
+    assert [s for s, _ in _steps(client, run.info.run_id)] == [1, 2, 3, 4]
+    assert run.data.tags["ternsearch.restarts"] == "2"
+
+    # Tune sets done=True on the result ASHA stops a trial at: the epoch count tells it from a full run.
+    stopped = _trial("abc_00004", lr=0.5)
+    t2.on_trial_start(0, [stopped], stopped)
+    t2.on_trial_result(0, [stopped], stopped, _result(1))
+    t2.on_trial_result(0, [stopped], stopped, _result(2, done=True))
+    t2.on_trial_complete(0, [stopped], stopped)
+    run = client.get_run(t2._runs["abc_00004"])
+    assert (run.info.status, run.data.tags["ternsearch.status"]) == ("FINISHED", "stopped by ASHA at epoch 2")
+    t2.close()
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert len(_parents(client, t2)) == 1 and t.failures == [] and t2.failures == []
+
+
+def test_close_kills_running_children_and_is_idempotent(tmp_path, store):
+    t = _tracker(tmp_path, store, "toy-close")
+    parent = t.start()
+    trial = _trial("def_00000", lr=0.2)
+    t.on_trial_start(0, [trial], trial)
+    t.on_trial_result(0, [trial], trial, _result(1))
+    pickle.dumps(t)  # a live client is not part of the pickle
+    t.close("KILLED")
+    t.close("FINISHED")  # no-op
+    client = _client(t)
+    child = client.get_run(t._runs["def_00000"])
+    assert child.info.status == "KILLED"
+    assert "sweep ended while trial was running" in child.data.tags["ternsearch.status"]
+    assert client.get_run(parent).info.status == "KILLED"
+
+
+def test_unreachable_http_store_fails_fast(tmp_path, store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = _tracker(tmp_path, store, "toy-http", uri=f"http://user:s3cret@127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError) as info:
+        t.start()
+    assert time.monotonic() - t0 < 20
+    msg = str(info.value)
+    assert f"127.0.0.1:{port}" in msg and "unreachable" in msg and "s3cret" not in msg and "\n" not in msg
+
+
+def test_log_single_run(tmp_path, store):
+    from ternsearch.spec import TrainFile
+
+    uri = default_tracking_uri(store, None)
+    out = tmp_path / "run"
+    out.mkdir()
+    rows = [{"epoch": 1, "val_acc": 0.3}, {"epoch": 2, "val_acc": 0.1}, {"epoch": 2, "val_acc": 0.4},
+            {"epoch": 3, "val_acc": 0.5, "train_loss": 0.9}]
+    (out / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = tmp_path / "best.yaml"
+    source.write_text("name: toy-best\n")
+    tf = TrainFile.model_validate({
+        "name": "toy-best", "model": {"arch": "tinynet"}, "tracking": {"uri": uri, "experiment": "exp-single"},
+        "origin": {"sweep": "toy", "parent_run_id": "abc123", "trial_id": "t_00001", "metric_value": 0.5}})
+    final = {"epoch": 3, "val_acc": 0.5, "test_acc": 0.47, "test_loss": 1.2, "wall_seconds": 9.0,
+             "output": str(out), "done": True}
+    run_id = log_single_run(tf, source, final)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ternsearch.sweep_parent_run_id"] == "abc123"
+    assert run.data.tags["ternsearch.origin.trial_id"] == "t_00001"
+    assert run.data.params["model.arch"] == "tinynet" and run.data.params["train.epochs"] == "10"
+    assert _steps(client, run_id) == [(1, 0.3), (2, 0.4), (3, 0.5)]
+    assert run.data.metrics["test_acc"] == 0.47 and run.data.metrics["wall_seconds"] == 9.0
+    assert "done" not in run.data.metrics
+    assert [a.path for a in client.list_artifacts(run_id, "config")] == ["config/best.yaml"]
+
+
+def test_log_best_registers_a_loadable_model(tmp_path, store, monkeypatch):
+    import mlflow.pytorch
+    import torch
+
+    from trainables.checkpoint import save_checkpoint
+    from trainables.config import TrainConfig
+    from trainables.models import build_model
+
+    cfg = TrainConfig.model_validate({"model": {"arch": "tinynet"}, "train": {"epochs": 4}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    ckpt = save_checkpoint(tmp_path / "ckpt", {"model": model.state_dict()},
+                           {"config": cfg.model_dump(mode="json"), "epoch": 3, "metrics": {"val_acc": 0.42}})
+    t = _tracker(tmp_path, store, "toy-best")
+    parent = t.start()
+    uri = t.log_best("abc_00001", str(ckpt), "name: toy\ntrain: {lr: 0.1}\n")
+    assert uri == "models:/toy/1"
+    client = _client(t)
+    run = client.get_run(parent)
+    assert run.data.tags["ternsearch.best_trial_id"] == "abc_00001"
+    assert run.data.metrics["best_val_acc"] == 0.42
+    assert [a.path for a in client.list_artifacts(parent, "best")] == ["best/best.yaml"]
+    assert str(store) in client.get_experiment(t.experiment_id).artifact_location  # not ./mlruns of the cwd
+    version = client.get_model_version("toy", "1")
+    assert version.run_id == parent
+    logged = client.get_logged_model(version.source.rsplit("/", 1)[-1])  # source: models:/<model_id>
+    assert logged.experiment_id == t.experiment_id and str(store) in logged.artifact_location
+    assert not client.search_logged_models(experiment_ids=["0"])  # nothing in the default experiment
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", t.uri)
+    loaded = mlflow.pytorch.load_model(uri)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    t.close()
+
+
+# ------------------------------------------------------------------------------------------------ a real sweep
+_QUALITY = {1.0: 0.9, 0.4: 0.8, 0.2: 0.7, 0.05: 0.2, 0.01: 0.1}
+
+
+def _toy_trial(config: dict) -> None:
+    """Fake but config-dependent epochs. Bad trials report late, so ASHA has good results to cut them against;
+    lr=1.0 repeats epoch 1 (as a restarted trial does) and then diverges at epoch 2."""
+    from ray import tune
+
+    lr = config["lr"]
+    quality = _QUALITY[lr]
+    for epoch in range(1, 5):
+        if lr >= 1.0 and epoch == 2:
+            from trainables.loop import DivergedError
+
+            raise DivergedError(2, float("nan"))
+        time.sleep(3.0 if quality < 0.5 and epoch == 1 else 0.2)
+        metrics = {"epoch": epoch, "val_acc": quality * (0.6 + 0.1 * epoch), "val_loss": 2.0 - quality,
+                   "train_loss": 1.0 / epoch, "ternary/stem/zero_frac": 0.3, "early_stopped": False,
+                   "done": epoch == 4}
+        tune.report(metrics)
+        if lr >= 1.0 and epoch == 1:
+            tune.report(dict(metrics, val_acc=0.0))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+    import ray.cloudpickle
+
+    # Ray workers cannot import this test module: ship the toy trainable by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.ray
+def test_sweep_with_real_tune(tmp_path, store, local_ray):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    tracker = _tracker(tmp_path, store, "toy-sweep")
+    parent = tracker.start()
+    tuner = tune.Tuner(
+        tune.with_resources(_toy_trial, {"cpu": 0.5}),
+        param_space={"lr": tune.grid_search(list(_QUALITY)), "augment": tune.choice(["mixup", "cutmix"])},
+        tune_config=tune.TuneConfig(num_samples=1, scheduler=ASHAScheduler(
+            time_attr="epoch", metric="val_acc", mode="max", max_t=4, grace_period=1, reduction_factor=2)),
+        run_config=tune.RunConfig(name="toy", storage_path=str(tmp_path / "ray"), callbacks=[tracker], verbose=0),
+    )
+    grid = tuner.fit()
+    tracker.close("FINISHED")
+    assert len(grid) == len(_QUALITY) and tracker.failures == []
+
+    client = _client(tracker)
+    assert [p.info.run_id for p in _parents(client, tracker)] == [parent]
+    assert client.get_run(parent).info.status == "FINISHED"
+    children = _children(client, tracker)
+    assert len(children) == len(_QUALITY)
+    statuses, restarts = {}, {}
+    for run in children:
+        assert run.info.status != "RUNNING"
+        assert set(run.data.params) == {"lr", "augment"}
+        lr = float(run.data.params["lr"])
+        epochs = int(run.data.metrics["epoch"])
+        steps = _steps(client, run.info.run_id)
+        assert [s for s, _ in steps] == list(range(1, epochs + 1))  # one value per epoch it ran
+        assert steps[0][1] == pytest.approx(_QUALITY[lr] * 0.7)  # the first report of epoch 1 is kept
+        status = run.data.tags["ternsearch.status"]
+        statuses[lr], restarts[lr] = status, run.data.tags["ternsearch.restarts"]
+        if status == "completed":
+            assert run.info.status == "FINISHED" and epochs == 4
+        elif status.startswith("stopped by ASHA at epoch"):
+            assert run.info.status == "FINISHED" and status.endswith(f" {epochs}") and epochs < 4
+        else:
+            assert status.startswith("failed: ") and run.info.status == "FAILED"
+    assert "diverged at epoch 2" in statuses[1.0]
+    assert restarts[1.0] == "1" and set(restarts.values()) <= {"0", "1"}  # lr=1.0 repeated epoch 1
+    assert any(s.startswith("stopped by ASHA at epoch") for s in statuses.values()), statuses
+
+    # --resume: the same sweep id finds the same parent (from a pickled copy, as Tune stores callbacks)
+    again = pickle.loads(pickle.dumps(tracker))
+    assert again.start() == parent
+    again.close("FINISHED")
