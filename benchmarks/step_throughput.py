@@ -1,8 +1,9 @@
 """Images/s of one SGD training step (forward + backward + step), fp32 vs ternary (TWN), per model.
 
 Both variants of a model train on the same batch, channels_last, with torch.set_num_threads(threads). Their
-steps are interleaved (fp32, ternary, fp32, ...) and the median step time is reported, so a load spike from
-another process on the machine hits both alike instead of skewing the ratio.
+steps are interleaved (fp32, ternary, fp32, ...) and the fastest step of each is reported (timeit's rule): on
+a shared machine other processes only ever add time, so the minimum is the best estimate of the step's own
+cost, and interleaving exposes both variants to the same load.
 
     python benchmarks/step_throughput.py
     python benchmarks/step_throughput.py --models airbench tinynet --batch-size 256 --steps 10
@@ -11,7 +12,6 @@ another process on the machine hits both alike instead of skewing the ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,7 +49,7 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
 
 
 def _quantizer_time(model: nn.Module, repeats: int = 5) -> float:
-    """Median time of computing every ternary layer's weight once: the forward cost the quantizer adds.
+    """Fastest time of computing every ternary layer's weight once: the forward cost the quantizer adds.
 
     Its backward is the identity (nothing to time), so this isolates the quantizer from the step-to-step
     noise of the whole step, which on a shared machine is larger than the quantizer itself.
@@ -62,11 +62,11 @@ def _quantizer_time(model: nn.Module, repeats: int = 5) -> float:
             for m in layers:
                 m.quantized_weight()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def bench(arch: str, batch_size: int, steps: int) -> tuple[float, float, float]:
-    """Return the median step time of fp32 and of ternary, and the quantizer's time per step, in seconds."""
+    """Return the fastest step time of fp32 and of ternary, and the quantizer's time per step, in seconds."""
     variants = {q: _make(arch, q) for q in ("none", "twn")}
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 3, 32, 32, generator=gen).contiguous(memory_format=torch.channels_last)
@@ -77,7 +77,7 @@ def bench(arch: str, batch_size: int, steps: int) -> tuple[float, float, float]:
             dt = _step(model, opt, x, y)
             if i >= WARMUP_STEPS:
                 times[q].append(dt)
-    return statistics.median(times["none"]), statistics.median(times["twn"]), _quantizer_time(variants["twn"][0])
+    return min(times["none"]), min(times["twn"]), _quantizer_time(variants["twn"][0])
 
 
 def main(argv: list[str] | None = None) -> None:

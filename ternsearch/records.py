@@ -35,6 +35,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 def trial_status(last: dict, errored: bool, error: str = "") -> tuple[str, str]:
     """(status, reason) of a finished trial from its last result."""
+    if last.get("diverged"):
+        return "failed", f"diverged at epoch {last.get('epoch')}"
     if errored:
         return "failed", error or "error"
     if last.get("run_complete"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,7 +59,50 @@ def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
     return "\n".join(lines)
 
 
-def _cluster(address: Optional[str]) -> tuple[dict[str, float], int]:
+Nodes = list[tuple[dict[str, float], int]]  # (resources of a node, how many such nodes)
+
+# Where the Ray cluster launcher (`ray up`) leaves the cluster's config on the head node; its autoscaler reads it.
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def _autoscaler_nodes(bootstrap: str = BOOTSTRAP_CONFIG) -> Optional[Nodes]:
+    """Every node the cluster's autoscaler may run at once (head included), or None without an autoscaler.
+
+    From the config the autoscaler publishes in the GCS (KubeRay, autoscaler v2), else from the cluster
+    launcher's config on the head. A cluster with `min_workers: 0` GPU nodes has no GPU until a trial asks
+    for one: the plan and the checks must count the nodes it can add, not only those up now.
+    """
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # private API (checked against ray 2.60); absent or failing means "not published"
+        config = None
+    if config is not None and config.node_group_configs:
+        return [({k: float(v) for k, v in g.resources.items()}, g.max_count if g.max_count >= 0 else 1000)
+                for g in config.node_group_configs if g.resources and g.max_count != 0]
+    path = Path(bootstrap).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        import yaml
+
+        doc = yaml.safe_load(path.read_text()) or {}
+        types = doc.get("available_node_types") or {}
+        head_type, cap = doc.get("head_node_type"), int(doc.get("max_workers", 1000))
+        nodes = []
+        for name, t in types.items():
+            res = {k: float(v) for k, v in (t.get("resources") or {}).items()}
+            count = min(int(t.get("max_workers", 0)), cap) + (name == head_type)
+            if res and count:
+                nodes.append((res, count))
+        return nodes or None
+    except Exception:  # a config we cannot read: plan with the live nodes
+        return None
+
+
+def _cluster(address: Optional[str]) -> tuple[dict[str, float], Nodes]:
+    """The cluster's resources, all nodes together, and node by node (nodes its autoscaler may add included)."""
     import ray
 
     kwargs = {}
@@ -66,8 +110,36 @@ def _cluster(address: Optional[str]) -> tuple[dict[str, float], int]:
         # A local Ray: its dashboard (needed by the State API that Train V2 polls) listens on loopback only.
         kwargs = {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
     ray.init(address=address, ignore_reinit_error=True, configure_logging=True, logging_level="WARNING", **kwargs)
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    return {k: float(v) for k, v in ray.cluster_resources().items()}, len(alive)
+    nodes: Nodes = [({k: float(v) for k, v in n["Resources"].items()}, 1) for n in ray.nodes() if n.get("Alive")]
+    if address is not None:
+        scaled = _autoscaler_nodes()
+        if scaled and sum(c for _, c in scaled) >= len(nodes):
+            nodes = scaled
+    return _total(nodes), nodes
+
+
+def _total(nodes: Nodes) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for res, count in nodes:
+        for k, v in res.items():
+            total[k] = total.get(k, 0.0) + v * count
+    return total
+
+
+def _check_one_node(spec: SweepSpec, plan, where: str) -> None:
+    """Every trial needs each of its bundles on a single node: one that fits no node would wait forever."""
+    if plan.fits > 0:
+        return
+    from ternsearch.tuner import trial_bundles
+
+    need = " + ".join(f"{count} x {{{', '.join(f'{k}: {v:g}' for k, v in b.items())}}}"
+                      for b, count in trial_bundles(spec, plan.mode, plan.use_gpu))
+    hint = ("in function mode (workers_per_trial: 1) the driver is the trainer, so driver_resources must be on a "
+            "node that also has its CPUs/GPUs: drop driver_resources or use trainer: torchtrainer"
+            if plan.mode == "function" and spec.resources.driver_resources else
+            "lower cpus_per_worker / gpus_per_worker, or check driver_resources names a resource a node has")
+    raise PreflightError(str(spec.located.error(
+        ("resources",), f"a trial needs {need}, each on one node, but no node of {where} holds that ({hint})")))
 
 
 def _check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
@@ -111,12 +183,13 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     from ternsearch.tuner import make_plan
 
     if dry_run and address is None:
-        cluster, nodes = local_resources(), 1
+        cluster, nodes = local_resources(), None
     else:
         cluster, nodes = _cluster(address)
-    plan = make_plan(spec, cluster)
+    plan = make_plan(spec, cluster, nodes)
     where = "this machine" if address is None else f"the cluster at {address}"
-    check_fits(spec, plan.trial_resources, cluster, where, multi_node=nodes > 1)
+    check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1)
+    _check_one_node(spec, plan, where)
     _say(_describe_plan(spec, plan, str(results_dir or storage_path), uri))
     if dry_run:
         return {"dry_run": True, "plan": plan.__dict__}
@@ -161,7 +234,8 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     status = "FAILED"
     try:
-        with _SignalToInterrupt():
+        # Tune prints its own tables to stdout; keep stdout for the summary JSON (scripts parse it).
+        with _SignalToInterrupt(), contextlib.redirect_stdout(sys.stderr):
             tuner.fit()
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -75,7 +75,7 @@ _PROBE_TIMEOUT_S = 5.0
 _MAX_PARAM_VAL = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH (3.17)
 _MAX_TAG_VAL = 8000
 _MAX_KEY = 250
-_MAX_METRICS_PER_BATCH = 1000
+_MAX_ENTITIES_PER_BATCH = 1000  # also the metrics limit
 _MAX_PARAMS_TAGS_PER_BATCH = 100
 _BAD_KEY_CHARS = re.compile(r"[^\w.\-/ :]")
 _EXC_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|Failure)): ?(.*)$")
@@ -247,11 +247,13 @@ def _search_all(client, experiment_id: str, filter_string: str) -> list:
 def _log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
     """One ``log_batch`` call when within MLflow's batch limits, else as few as needed."""
     metrics, params, tags = list(metrics), list(params), list(tags)
-    while metrics or params or tags:
-        m, metrics = metrics[:_MAX_METRICS_PER_BATCH], metrics[_MAX_METRICS_PER_BATCH:]
-        p, params = params[:_MAX_PARAMS_TAGS_PER_BATCH], params[_MAX_PARAMS_TAGS_PER_BATCH:]
-        room = _MAX_METRICS_PER_BATCH - len(m) - len(p)
-        t, tags = tags[:min(_MAX_PARAMS_TAGS_PER_BATCH, room)], tags[min(_MAX_PARAMS_TAGS_PER_BATCH, room):]
+    while metrics or params or tags:  # limits: 1000 metrics, 100 params, 100 tags, 1000 entities in all
+        n = min(len(metrics), _MAX_ENTITIES_PER_BATCH)
+        m, metrics = metrics[:n], metrics[n:]
+        n = min(len(params), _MAX_PARAMS_TAGS_PER_BATCH, _MAX_ENTITIES_PER_BATCH - len(m))
+        p, params = params[:n], params[n:]
+        n = min(len(tags), _MAX_PARAMS_TAGS_PER_BATCH, _MAX_ENTITIES_PER_BATCH - len(m) - len(p))
+        t, tags = tags[:n], tags[n:]
         client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
@@ -655,8 +657,10 @@ def error_reason(trial) -> str:
         exc = trial.get_pickled_error()
     except Exception:  # noqa: BLE001
         exc = None
-    for _ in range(5):  # RayTaskError -> cause -> ...
-        cause = getattr(exc, "cause", None)
+    for _ in range(5):  # RayTaskError.cause -> WorkerGroupError.worker_failures[rank] / ControllerError...
+        failures = getattr(exc, "worker_failures", None)
+        cause = (failures[min(failures)] if isinstance(failures, dict) and failures else
+                 getattr(exc, "cause", None) or getattr(exc, "controller_failure", None))
         if not isinstance(cause, BaseException) or cause is exc:
             break
         exc = cause
@@ -666,12 +670,20 @@ def error_reason(trial) -> str:
     return _redact(lines[-1])[:300] if lines else "unknown error"
 
 
+# Exceptions that only wrap the trainable's own error (Tune's task error, Train V2's worker-group error...).
+_WRAPPERS = ("RayTaskError", "TuneError", "RayTrainError", "TrainingFailedError", "WorkerGroupError",
+             "ControllerError")
+
+
 def _exception_line(text: str) -> str:
-    for line in reversed(text.splitlines()):
-        m = _EXC_LINE.match(line)
-        if m and m.group(1) not in ("RayTaskError", "TuneError"):
-            return _redact(f"{m.group(1)}: {m.group(2).strip()}".rstrip(": "))[:300]
-    return ""
+    """The last ``SomeError: message`` line of a traceback text, preferring the trainable's own exception
+    over Ray's wrappers of it."""
+    found = [m for m in map(_EXC_LINE.match, text.splitlines()) if m]
+    own = [m for m in found if m.group(1) not in _WRAPPERS]
+    if not (own or found):
+        return ""
+    m = (own or found)[-1]
+    return _redact(f"{m.group(1)}: {m.group(2).strip()}".rstrip(": "))[:300]
 
 
 # ------------------------------------------------------------------------------------------------ single runs

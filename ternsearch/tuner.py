@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -12,7 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ternsearch.space import DefineByRun, make_sampler
 from ternsearch.spec import SweepSpec
 
-__all__ = ["Plan", "make_plan", "build_tuner", "restore_tuner", "trial_setup"]
+__all__ = ["Plan", "make_plan", "trial_bundles", "build_tuner", "restore_tuner", "trial_setup"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Plan:
     trial_resources: dict  # what one trial takes (driver + workers)
     max_concurrent: int
     max_epochs: int
+    fits: int = 1  # trials the cluster holds at once, node by node (0: a trial fits on no node)
 
 
 def _max_epochs(spec: SweepSpec) -> int:
@@ -36,8 +38,36 @@ def _max_epochs(spec: SweepSpec) -> int:
     return int(max(p.choices) if p.kind == "choice" else p.high)
 
 
-def make_plan(spec: SweepSpec, cluster: dict[str, float]) -> Plan:
-    """Resolve ``auto`` settings against the cluster's resources (``ray.cluster_resources()`` or a guess)."""
+def trial_bundles(spec: SweepSpec, mode: str, use_gpu: bool) -> list[tuple[dict[str, float], int]]:
+    """The resource bundles one trial asks Ray for, each with how many of it: the trial's driver (which in
+    function mode is also the trainer) and, for a TorchTrainer, its workers. Each bundle lands on one node."""
+    r = spec.resources
+    worker = {"CPU": r.cpus_per_worker}
+    if use_gpu:
+        worker["GPU"] = r.gpus_per_worker
+    driver = {k: float(v) for k, v in r.driver_resources.items()}
+    if mode == "function":
+        return [({**worker, **{k: worker.get(k, 0) + v for k, v in driver.items()}}, 1)]
+    return [(driver, 1), (worker, r.workers_per_trial)] if driver else [(worker, r.workers_per_trial)]
+
+
+def _fits(bundle: dict[str, float], nodes: list[tuple[dict[str, float], int]]) -> int:
+    """How many copies of ``bundle`` the nodes hold at once (each copy on one node)."""
+    total = 0
+    for res, count in nodes:
+        per_node = min((math.floor(res.get(k, 0.0) / v + 1e-9) for k, v in bundle.items() if v > 0), default=1)
+        total += count * max(per_node, 0)
+    return total
+
+
+def make_plan(spec: SweepSpec, cluster: dict[str, float],
+              nodes: Optional[list[tuple[dict[str, float], int]]] = None) -> Plan:
+    """Resolve ``auto`` settings against the cluster's resources (``ray.cluster_resources()`` or a guess).
+
+    ``nodes`` lists the cluster's nodes as (resources, count), the nodes an autoscaler may add included; by
+    default ``cluster`` is one node. Concurrency never exceeds the trials those nodes hold at once, node by
+    node (``Plan.fits``; 0 when a trial's bundle fits on no node), whatever ``max_concurrent_trials`` asks.
+    """
     r = spec.resources
     use_gpu = cluster.get("GPU", 0) > 0 if r.use_gpu == "auto" else bool(r.use_gpu)
     gpus = r.gpus_per_worker if use_gpu else 0.0
@@ -47,10 +77,12 @@ def make_plan(spec: SweepSpec, cluster: dict[str, float]) -> Plan:
         per_trial["GPU"] = gpus * r.workers_per_trial
     for k, v in r.driver_resources.items():
         per_trial[k] = per_trial.get(k, 0) + v
-    fits = min((cluster.get(k, 0.0) // v for k, v in per_trial.items() if v > 0), default=1)
-    concurrent = spec.searcher.max_concurrent_trials or max(int(fits), 1)
+    fits = min(_fits(bundle, nodes or [(cluster, 1)]) // count
+               for bundle, count in trial_bundles(spec, mode, use_gpu))
+    cap = max(fits, 1)
+    concurrent = min(spec.searcher.max_concurrent_trials or cap, cap)
     return Plan(mode, r.workers_per_trial, use_gpu, r.cpus_per_worker, gpus, per_trial,
-                min(concurrent, spec.searcher.num_samples), _max_epochs(spec))
+                min(concurrent, spec.searcher.num_samples), _max_epochs(spec), fits)
 
 
 def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any]:

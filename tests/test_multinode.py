@@ -66,7 +66,7 @@ def _head(cluster: LocalRayCluster):
     return cluster.nodes[0]
 
 
-def write_spec(path: Path, name: str, storage: Path, tracking_uri: str | None, **over) -> Path:
+def write_spec(path: Path, name: str, results: Path, tracking_uri: str | None, **over) -> Path:
     """A tiny sweep: tinynet, 600 images, 2 epochs, on storage both nodes see (`shared: true`)."""
     spec = {
         "name": name,
@@ -78,7 +78,7 @@ def write_spec(path: Path, name: str, storage: Path, tracking_uri: str | None, *
         "searcher": {"algorithm": "random", "seed": 0, "num_samples": 4},
         "scheduler": {"algorithm": "fifo"},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "use_gpu": False},
-        "storage": {"path": str(storage), "shared": True},
+        "storage": {"path": str(results), "shared": True},
         "failure": {"max_failures": 2, "keep_checkpoints": 1},
         "tracking": {"experiment": name},
     }

@@ -79,6 +79,21 @@ def test_default_uri_and_flatten(tmp_path, monkeypatch):
         "train.lr": 0.1, "model.full_precision_layers": ["stem"], "name": "n"}
 
 
+def test_error_reason_prefers_the_trainables_exception(tmp_path):
+    from types import SimpleNamespace
+
+    from ternsearch.tracking import error_reason
+
+    text = ("Failure # 1 (occurred at x)\nray::ImplicitFunc.train() (pid=1, ip=h)\n  File \"a.py\", line 1\n"
+            "ValueError: an older failure\nFailure # 2 (occurred at y)\nray::ImplicitFunc.train()\n"
+            "ray.train.WorkerGroupError: Training failed due to worker errors:\n[Rank 0]\nTraceback (most recent "
+            "call last):\n  File \"loop.py\", line 9\ntrainables.loop.DivergedError: diverged at epoch 7 "
+            "(train_loss=inf)\n")
+    (tmp_path / "error.txt").write_text(text)
+    trial = SimpleNamespace(error_file=str(tmp_path / "error.txt"), get_pickled_error=lambda: None)
+    assert error_reason(trial) == "DivergedError: diverged at epoch 7 (train_loss=inf)"
+
+
 def test_trial_runs_restarts_and_resume(tmp_path, store):
     t = _tracker(tmp_path, store, "toy-1")
     parent = t.start()
@@ -230,12 +245,15 @@ def test_log_best_registers_a_loadable_model(tmp_path, store, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ a real sweep
-_QUALITY = {1.0: 0.9, 0.4: 0.8, 0.2: 0.7, 0.05: 0.2, 0.01: 0.1}
+_QUALITY = {1.0: 0.9, 0.4: 0.8, 0.2: 0.7, 0.05: 0.2}  # 4 trials of 0.5 CPU: all run at once on 2 CPUs
 
 
-def _toy_trial(config: dict) -> None:
-    """Fake but config-dependent epochs. Bad trials report late, so ASHA has good results to cut them against;
-    lr=1.0 repeats epoch 1 (as a restarted trial does) and then diverges at epoch 2."""
+def _toy_trial(config: dict, marker: str) -> None:
+    """Fake but config-dependent epochs. lr=1.0 has the best epoch 1, repeats it (as a restarted trial does) and
+    diverges at epoch 2; the bad trial (lr=0.05) reports its epoch 1 only after the driver processed lr=1.0's
+    (the marker file), so ASHA always has a better result to stop it against."""
+    from pathlib import Path
+
     from ray import tune
 
     lr = config["lr"]
@@ -245,13 +263,18 @@ def _toy_trial(config: dict) -> None:
             from trainables.loop import DivergedError
 
             raise DivergedError(2, float("nan"))
-        time.sleep(3.0 if quality < 0.5 and epoch == 1 else 0.2)
+        if quality < 0.5 and epoch == 1:
+            deadline = time.monotonic() + 60
+            while not Path(marker).exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
         metrics = {"epoch": epoch, "val_acc": quality * (0.6 + 0.1 * epoch), "val_loss": 2.0 - quality,
                    "train_loss": 1.0 / epoch, "ternary/stem/zero_frac": 0.3, "early_stopped": False,
                    "done": epoch == 4}
-        tune.report(metrics)
+        tune.report(metrics)  # returns once the driver has processed the result and asks for the next one
         if lr >= 1.0 and epoch == 1:
+            Path(marker).touch()  # ASHA never stops this trial at epoch 1: its value is the highest
             tune.report(dict(metrics, val_acc=0.0))
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +297,7 @@ def test_sweep_with_real_tune(tmp_path, store, local_ray):
     tracker = _tracker(tmp_path, store, "toy-sweep")
     parent = tracker.start()
     tuner = tune.Tuner(
-        tune.with_resources(_toy_trial, {"cpu": 0.5}),
+        tune.with_resources(tune.with_parameters(_toy_trial, marker=str(tmp_path / "good-epoch")), {"cpu": 0.5}),
         param_space={"lr": tune.grid_search(list(_QUALITY)), "augment": tune.choice(["mixup", "cutmix"])},
         tune_config=tune.TuneConfig(num_samples=1, scheduler=ASHAScheduler(
             time_attr="epoch", metric="val_acc", mode="max", max_t=4, grace_period=1, reduction_factor=2)),
@@ -282,7 +305,8 @@ def test_sweep_with_real_tune(tmp_path, store, local_ray):
     )
     grid = tuner.fit()
     tracker.close("FINISHED")
-    assert len(grid) == len(_QUALITY) and tracker.failures == []
+    # Tune calls this very object (its pickled copy in tuner.pkl is only for Tuner.restore)
+    assert len(grid) == len(_QUALITY) == len(tracker._runs) and tracker.failures == []
 
     client = _client(tracker)
     assert [p.info.run_id for p in _parents(client, tracker)] == [parent]

@@ -45,60 +45,124 @@ def _config(config: dict, setup: dict):
     return TrainConfig.model_validate(setup["base"]).with_overrides(config)
 
 
+def worst_value(metric: str, mode: str) -> float:
+    """What a diverged trial reports for the metric, so the searcher counts it as a bad result."""
+    if mode == "max":
+        return 0.0
+    return 1.0 if metric.endswith(("_acc", "_frac")) else 1e6
+
+
+def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
+    """The newest usable checkpoint of ``paths`` (newest first), skipping corrupted ones with a warning.
+
+    Returns ``(path, manifest)``; a divergence marker is returned as it is (its manifest says so).
+    """
+    import warnings
+
+    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
+
+    for path in paths:
+        try:
+            manifest = read_manifest(path)
+            if not manifest.get("diverged"):
+                load_checkpoint(path)
+            return path, manifest
+        except CheckpointError as exc:
+            warnings.warn(f"checkpoint {path} is unusable ({exc}); falling back to the previous one")
+    return None, None
+
+
+def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> None:
+    """Resume from the newest usable checkpoint and run the loop; a divergence is reported, then raised.
+
+    ``send(metrics, ckpt_dir)`` hands a result to Ray. A diverged run reports the worst metric value (so the
+    searcher learns from it) with a marker checkpoint; a retried trial finds the marker and fails at once
+    instead of diverging again from the same state.
+    """
+    import tempfile
+
+    from trainables.checkpoint import save_checkpoint
+    from trainables.loop import DivergedError, run
+
+    path, manifest = _usable(candidates)
+    if manifest and manifest.get("diverged"):
+        raise DivergedError(manifest["epoch"], float("nan"))
+    try:
+        run(cfg, send, resume_from=path)
+    except DivergedError as exc:
+        metrics = {"epoch": exc.epoch, cfg.metric.name: worst_value(cfg.metric.name, cfg.metric.mode),
+                   "diverged": True, "run_complete": True, "train_loss": exc.loss}
+        with tempfile.TemporaryDirectory(prefix="ternsearch-diverged-") as marker:
+            if world_rank == 0:
+                save_checkpoint(marker, {}, {"diverged": True, "epoch": exc.epoch, "reason": str(exc)})
+            send(metrics, marker if world_rank == 0 else None)
+        raise
+
+
+def _siblings(path: str) -> list[str]:
+    """``path`` and the older checkpoint directories beside it, newest first (local storage only)."""
+    from pathlib import Path
+
+    here = Path(path)
+    if not here.is_dir():
+        return [path]
+    older = sorted((p for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here), reverse=True)
+    return [path] + [str(p) for p in older]
+
+
 def _run_function_trial(config: dict, setup: dict) -> None:
     from ray import tune
-
-    from trainables.loop import run
 
     cfg = _config(config, setup)
     _set_threads(setup["cpus_per_worker"])
     node = _node_info()
-    node["world_size_requested"] = 1
 
-    def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
+    def send(metrics: dict, ckpt_dir: Optional[str]) -> None:
         metrics.update(node)
-        checkpoint = tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
 
     ckpt = tune.get_checkpoint()
     if ckpt is None:
-        run(cfg, report)
+        _train(cfg, setup, send, [], 0)
         return
     with ckpt.as_directory() as directory:
-        run(cfg, report, resume_from=directory)
+        # On local or shared-filesystem storage the directory is the stored checkpoint itself, and the
+        # previous one (kept by CheckpointConfig.num_to_keep) lies beside it.
+        _train(cfg, setup, send, _siblings(directory), 0)
 
 
 def worker_fn(loop_config: dict) -> None:
     """One Ray Train worker: run the loop under torch.distributed (set up by TorchTrainer)."""
     import ray.train
+    import torch.distributed as dist
 
     _quiet_logs()
-
-    from trainables.loop import run
-
     cfg = _config(loop_config["config"], loop_config["setup"])
     _set_threads(loop_config["setup"]["cpus_per_worker"])
     node = _node_info()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     # Report which node every rank ran on: rank 0's metrics are what Tune sees, so gather them there.
-    import torch.distributed as dist
-
     nodes = [None] * ctx.get_world_size()
     dist.all_gather_object(nodes, node["node_id"])
     node["rank_node_ids"] = ",".join(nodes)
 
-    def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
+    def send(metrics: dict, ckpt_dir: Optional[str]) -> None:
         metrics.update(node)
         checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir) if ckpt_dir and rank == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        run(cfg, report)
-        return
-    with ckpt.as_directory() as directory:
-        run(cfg, report, resume_from=directory)
+    candidates = []
+    if ray.train.get_checkpoint() is not None:
+        from pyarrow.fs import LocalFileSystem
+
+        for reported in reversed(ray.train.get_all_reported_checkpoints()):  # newest first
+            ckpt = reported.checkpoint
+            local = isinstance(ckpt.filesystem, LocalFileSystem)
+            candidates.append(ckpt.path if local else ckpt.to_directory())
+            if not local:  # remote storage: download the newest only
+                break
+    _train(cfg, loop_config["setup"], send, candidates, rank)
 
 
 def _run_torchtrainer_trial(config: dict, setup: dict) -> None:
