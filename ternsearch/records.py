@@ -22,7 +22,7 @@ HISTORY = "history.jsonl"
 TRIALS = "trials.json"
 SWEEP = "sweep.json"
 
-_SKIP = {"config", "trial_id", "date", "timestamp", "pid", "time_this_iter_s", "time_total_s",
+_SKIP = {"config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",
          "time_since_restore", "iterations_since_restore", "training_iteration", "checkpoint_dir_name",
          "should_checkpoint", "experiment_tag", "node_ip", "timesteps_total", "episodes_total"}
 
@@ -68,7 +68,9 @@ class SweepRecorder(tune.Callback):
         self.results_dir = results_dir
         self.param_names = list(param_names)
         self._trials: Optional[dict] = None
-        self._numbers: dict[str, int] = {}
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks into its state; records are re-read from disk
+        return {"results_dir": self.results_dir, "param_names": self.param_names, "_trials": None}
 
     def _load(self) -> dict:
         if self._trials is None:
@@ -96,10 +98,17 @@ class SweepRecorder(tune.Callback):
         return entry
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        seen = self.__dict__.setdefault("_seen", set())
         entry = self._entry(trial)
-        if entry["status"] != "running" or entry["epochs"]:
-            entry["restarts"] += 1
+        if trial.trial_id not in seen and entry["epochs"]:
+            entry["restarts"] += 1  # a resumed sweep picks up a trial an earlier driver had started
+        seen.add(trial.trial_id)
         entry["status"] = "running"
+        self._save()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        entry["restarts"] += 1  # the trial failed (worker died...) and restarts from its latest checkpoint
         self._save()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -75,13 +75,19 @@ def _autoscaler_nodes(bootstrap: str = BOOTSTRAP_CONFIG) -> Optional[Nodes]:
     try:
         from ray._private.state import state
 
-        config = state.get_cluster_config()
-    except Exception:  # private API (checked against ray 2.60); absent or failing means "not published"
+        config = state.get_cluster_config()  # private API (checked against ray 2.60)
+    except Exception:  # not connected, or not published
         config = None
     if config is not None and config.node_group_configs:
         return [({k: float(v) for k, v in g.resources.items()}, g.max_count if g.max_count >= 0 else 1000)
-                for g in config.node_group_configs if g.resources and g.max_count != 0]
-    path = Path(bootstrap).expanduser()
+                for g in config.node_group_configs if g.resources and g.max_count != 0] or None
+    return launcher_nodes(bootstrap)
+
+
+def launcher_nodes(path: str) -> Optional[Nodes]:
+    """The nodes a cluster-launcher config (cluster.yaml, or ~/ray_bootstrap_config.yaml on the head) may run
+    at once: the head plus each worker type's max_workers (capped by the top-level max_workers)."""
+    path = Path(path).expanduser()
     if not path.is_file():
         return None
     try:
@@ -99,6 +105,17 @@ def _autoscaler_nodes(bootstrap: str = BOOTSTRAP_CONFIG) -> Optional[Nodes]:
         return nodes or None
     except Exception:  # a config we cannot read: plan with the live nodes
         return None
+
+
+def records_dir(name: str, storage_path: str) -> Path:
+    """Where the sweep's own records (sweep.json, trials.json, history.jsonl, best.yaml, report) live.
+
+    Beside Tune's experiment for local and shared-filesystem storage; for object storage (s3://, gs://),
+    on the driver's disk under ~/.ternsearch/sweeps/NAME, since the records are appended to as results come.
+    """
+    if "://" in storage_path:
+        return Path("~/.ternsearch/sweeps").expanduser() / name
+    return Path(storage_path) / name
 
 
 def _cluster(address: Optional[str]) -> tuple[dict[str, float], Nodes]:
@@ -175,11 +192,10 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     from ternsearch.tracking import default_tracking_uri
 
     storage_path = resolve_storage(spec, storage)
-    results_dir = Path(storage_path) / spec.name if "://" not in storage_path else None
+    results_dir = records_dir(spec.name, storage_path)
     check_environment(spec, storage_path, address)
-    if results_dir is not None:
-        _check_results(results_dir, spec.file, resume)
-    uri = default_tracking_uri(results_dir or Path.cwd(), tracking_uri or spec.tracking.uri)
+    _check_results(results_dir, spec.file, resume)
+    uri = default_tracking_uri(results_dir, tracking_uri or spec.tracking.uri)
     from ternsearch.tuner import make_plan
 
     if dry_run and address is None:
@@ -190,7 +206,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     where = "this machine" if address is None else f"the cluster at {address}"
     check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1)
     _check_one_node(spec, plan, where)
-    _say(_describe_plan(spec, plan, str(results_dir or storage_path), uri))
+    _say(_describe_plan(spec, plan, str(results_dir), uri))
     if dry_run:
         return {"dry_run": True, "plan": plan.__dict__}
     return _execute(spec, plan, storage_path, results_dir, uri, resume=resume, quiet=quiet)
@@ -228,7 +244,7 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
     callbacks = [SweepRecorder(str(results_dir), meta["params"]), SweepProgress(spec, plan, quiet=quiet)]
     if tracker is not None:
         callbacks.append(tracker)
-    tuner = (restore_tuner(spec, plan, storage_path, results_dir, callbacks) if resume
+    tuner = (restore_tuner(spec, plan, storage_path, callbacks) if resume
              else build_tuner(spec, plan, storage_path, callbacks))
     # Tune warns whenever it snapshots state often; with a checkpoint every epoch that is by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

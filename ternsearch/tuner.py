@@ -180,11 +180,12 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list)
     )
 
 
-def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, results_dir: Path, callbacks: list) -> tune.Tuner:
+def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list) -> tune.Tuner:
     """Continue an interrupted sweep: unfinished trials resume from their checkpoints, finished ones are kept,
     and the searcher's state (Optuna study) is restored. Errored trials stay errored (a diverged trial would
     only diverge again)."""
-    tuner = tune.Tuner.restore(str(results_dir), trainable=_trainable(spec, plan, storage_path),
+    experiment = f"{storage_path.rstrip('/')}/{spec.name}"
+    tuner = tune.Tuner.restore(experiment, trainable=_trainable(spec, plan, storage_path),
                                resume_unfinished=True, resume_errored=False)
     # The restored run config carries pickled copies of our callbacks; use fresh ones (private API, checked
     # against ray 2.60: TunerInternal.get_run_config() returns the RunConfig that fit() hands to Tune).

@@ -22,7 +22,13 @@ import yaml
 
 from helpers_cluster import LocalRayCluster, MLflowServer, kill_tree
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+from ternsearch.errors import PreflightError
+from ternsearch.spec import load_spec
+
+
+def slow_ray(fn):
+    """A test on the real cluster: slow, and it starts Ray."""
+    return pytest.mark.slow(pytest.mark.ray(fn))
 
 TERNSEARCH = str(Path(sys.executable).parent / "ternsearch")
 SWEEP_TIMEOUT = 300
@@ -124,6 +130,7 @@ def _tags(run: dict) -> dict:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
+@slow_ray
 def test_trials_and_ddp_ranks_run_on_both_nodes(two_nodes, mlflow_server, tmp_path):
     cluster = two_nodes
     head, worker = _head(cluster).node_id, _worker(cluster).node_id
@@ -158,6 +165,7 @@ def test_trials_and_ddp_ranks_run_on_both_nodes(two_nodes, mlflow_server, tmp_pa
     print(f"\nspread sweep {spread_s:.0f} s, ddp sweep {ddp_s:.0f} s")
 
 
+@slow_ray
 def test_driver_resources_pin_trials_to_the_head(two_nodes, mlflow_server, tmp_path):
     """In function mode the trial's driver is the trainer: `driver_resources` puts every trial on the head."""
     cluster = two_nodes
@@ -170,6 +178,7 @@ def test_driver_resources_pin_trials_to_the_head(two_nodes, mlflow_server, tmp_p
     assert {t["node_id"] for t in trials.values()} == {_head(cluster).node_id}
 
 
+@slow_ray
 def test_local_storage_or_sqlite_on_several_nodes_is_refused_before_launch(two_nodes, tmp_path):
     cluster = two_nodes
     # A local (not shared) storage path: --dry-run says so and exits 1.
@@ -188,6 +197,7 @@ def test_local_storage_or_sqlite_on_several_nodes_is_refused_before_launch(two_n
         assert not (tmp_path / "res" / name).exists()  # nothing launched, nothing written
 
 
+@slow_ray
 def test_sweep_survives_losing_the_worker_node(two_nodes, mlflow_server, tmp_path):
     cluster = two_nodes
     head, worker = _head(cluster), _worker(cluster)
@@ -228,3 +238,66 @@ def test_sweep_survives_losing_the_worker_node(two_nodes, mlflow_server, tmp_pat
     for t in trials.values():
         if t["ended"] > killed_at + 1:
             assert t["node_id"] == head.node_id, t
+
+
+# ------------------------------------------------------------------------ the plan on several nodes (no Ray)
+
+HEAD = {"CPU": 1.0, "head_node": 1.0, "memory": 1e9}
+WORKER = {"CPU": 1.0, "worker_node": 1.0, "memory": 1e9}
+
+
+def _plan(tmp_path, nodes, **over):
+    from ternsearch.sweep import _total
+    from ternsearch.tuner import make_plan
+
+    spec = load_spec(write_spec(tmp_path / "plan.yaml", "plan", tmp_path, "http://127.0.0.1:5000", **over))
+    return spec, make_plan(spec, _total(nodes), nodes)
+
+
+def test_concurrency_counts_trials_node_by_node(tmp_path):
+    nodes = [(HEAD, 1), (WORKER, 1)]
+    _, plan = _plan(tmp_path, nodes, searcher={"max_concurrent_trials": 8})
+    assert plan.mode == "function" and plan.fits == 2 and plan.max_concurrent == 2  # never more than fits
+    _, plan = _plan(tmp_path, nodes, searcher={"max_concurrent_trials": 1})
+    assert plan.max_concurrent == 1  # fewer, when asked
+    # A function-mode trial pinned to the head by driver_resources: its CPU must be the head's too.
+    _, plan = _plan(tmp_path, nodes, resources={"driver_resources": {"head_node": 0.01}})
+    assert plan.fits == 1 and plan.max_concurrent == 1
+    # A 2-worker DDP trial: its driver on the head takes no CPU, its workers take both nodes' CPUs.
+    _, plan = _plan(tmp_path, nodes, resources={"workers_per_trial": 2, "driver_resources": {"head_node": 0.01}})
+    assert plan.mode == "torchtrainer" and plan.fits == 1
+    assert plan.trial_resources == {"CPU": 2.0, "head_node": 0.01}
+    # 0.01 of a resource of 1 is exactly 100 drivers (floating point would say 99).
+    _, plan = _plan(tmp_path, [({"CPU": 1000.0, "driver": 1.0}, 1)], searcher={"num_samples": 500},
+                    resources={"workers_per_trial": 2, "driver_resources": {"driver": 0.01}})
+    assert plan.fits == 100
+
+
+def test_a_trial_that_fits_no_single_node_is_refused(tmp_path):
+    from ternsearch.sweep import _check_one_node
+
+    gpu_worker = {"CPU": 8.0, "GPU": 1.0}
+    spec, plan = _plan(tmp_path, [(HEAD, 1), (gpu_worker, 2)],
+                       resources={"use_gpu": True, "driver_resources": {"head_node": 0.01}})
+    assert plan.fits == 0
+    with pytest.raises(PreflightError, match=r"resources: .*no node of the cluster at X.*drop driver_resources"):
+        _check_one_node(spec, plan, "the cluster at X")
+    spec, plan = _plan(tmp_path, [(HEAD, 1), (gpu_worker, 2)],
+                       resources={"use_gpu": True, "workers_per_trial": 2, "driver_resources": {"head_node": 0.01}})
+    assert plan.fits == 1
+    _check_one_node(spec, plan, "the cluster at X")
+
+
+def test_launcher_config_counts_the_nodes_the_autoscaler_may_add(tmp_path):
+    from ternsearch.sweep import launcher_nodes
+
+    cfg = tmp_path / "bootstrap.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "max_workers": 3, "head_node_type": "head",
+        "available_node_types": {
+            "head": {"resources": {"CPU": 8, "driver": 1}, "max_workers": 0, "node_config": {}},
+            "gpu": {"resources": {"CPU": 48, "GPU": 4}, "min_workers": 0, "max_workers": 5, "node_config": {}},
+            "cpu": {"resources": {"CPU": 16}, "min_workers": 0, "max_workers": 0, "node_config": {}},
+        }}, sort_keys=False))
+    assert launcher_nodes(str(cfg)) == [({"CPU": 8.0, "driver": 1.0}, 1), ({"CPU": 48.0, "GPU": 4.0}, 3)]
+    assert launcher_nodes(str(tmp_path / "missing.yaml")) is None
