@@ -12,6 +12,7 @@ cost, and interleaving exposes both variants to the same load.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, channels_last, SGD")
+    # The load average says how far to trust the numbers: other processes' threads contend for the same cores.
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, channels_last, SGD; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     print(
         f"{'model':<12} {'steps':>5} {'fp32 img/s':>11} {'twn img/s':>10} {'twn/fp32 time':>14} "
         f"{'quantizer ms/step':>18}"
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{t_tern / t_fp:>13.3f}x {t_quant * 1e3:>8.1f} ({t_quant / t_tern:5.1%})",
             flush=True,
         )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

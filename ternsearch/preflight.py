@@ -74,8 +74,12 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
 
 
 def check_fits(spec: SweepSpec, trial_resources: dict[str, float], cluster: dict[str, float],
-               where: str, multi_node: bool = False) -> None:
-    """A trial must fit the cluster; on several nodes storage must be shared and tracking a server."""
+               where: str, multi_node: bool = False, storage: Optional[str] = None,
+               tracking_uri: Optional[str] = None) -> None:
+    """A trial must fit the cluster; on several nodes storage must be shared and tracking a server.
+
+    ``storage`` and ``tracking_uri`` are the effective values (command-line overrides applied).
+    """
     loc = spec.located
     for key, need in trial_resources.items():
         have = cluster.get(key, 0.0)
@@ -84,11 +88,11 @@ def check_fits(spec: SweepSpec, trial_resources: dict[str, float], cluster: dict
                 ("resources",), f"one trial needs {need:g} {key} but {where} has {have:g} "
                 f"(lower workers_per_trial / cpus_per_worker / gpus_per_worker, or add nodes)")))
     if multi_node:
-        path = spec.storage.path
+        path = storage or spec.storage.path
         if "://" not in path and not spec.storage.shared:
             raise PreflightError(str(loc.error(("storage", "path"), f"{path!r} is a local path, but the cluster has "
                                                "several nodes (use s3://, gs://, or an NFS path with shared: true)")))
-        uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        uri = tracking_uri or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
         if not uri.startswith(("http://", "https://", "databricks")):
             raise PreflightError(str(loc.error(("tracking", "uri"), f"{uri or 'the default SQLite file'} is local, "
                                                "but the cluster has several nodes (run `mlflow server` on the head "

@@ -189,13 +189,15 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
               tracking_uri: Optional[str] = None, resume: bool = False, dry_run: bool = False,
               quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths)."""
-    from ternsearch.tracking import default_tracking_uri
+    from ternsearch.tracking import check_reachable, default_tracking_uri
 
     storage_path = resolve_storage(spec, storage)
     results_dir = records_dir(spec.name, storage_path)
     check_environment(spec, storage_path, address)
     _check_results(results_dir, spec.file, resume)
     uri = default_tracking_uri(results_dir, tracking_uri or spec.tracking.uri)
+    if spec.tracking.enabled:
+        check_reachable(uri)  # an unreachable server: one line, in seconds, before Ray starts
     from ternsearch.tuner import make_plan
 
     if dry_run and address is None:
@@ -204,7 +206,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
         cluster, nodes = _cluster(address)
     plan = make_plan(spec, cluster, nodes)
     where = "this machine" if address is None else f"the cluster at {address}"
-    check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1)
+    check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1,
+               storage=storage, tracking_uri=tracking_uri)
     _check_one_node(spec, plan, where)
     _say(_describe_plan(spec, plan, str(results_dir), uri))
     if dry_run:

@@ -11,304 +11,59 @@ restarted or resumed trial finds its run by tag instead of duplicating it, and n
 - ``ternsearch.status`` says how a trial ended: ``completed``, ``stopped by ASHA at epoch N``,
   ``failed: <reason>``, ``interrupted (resumed)`` or ``killed: sweep ended while trial was running``.
 
-``log_single_run`` records a ``ternsearch train`` run (a retrain of an exported config), linked to its sweep.
+Outages. An unreachable store at ``start()`` is a ``TrackingError`` (one line naming the URI, within seconds;
+``check_reachable`` is the same check for callers that want it before starting Ray). During the sweep every
+write goes through an in-order queue (``ternsearch.tracking_queue``): a write the store cannot take now (server
+down, overloaded, timing out) stays queued with its original timestamps and is retried at later callbacks (at
+most one failed attempt per callback, each bounded to a few seconds, spaced out while the store stays down), so
+trials never wait for MLflow, and a run created late still gets its params, its metrics at their epochs, its
+start and end times. ``log_best()`` and ``close()`` wait for the store for up to ~30 s
+(``$TERNSEARCH_MLFLOW_FINAL_FLUSH_S``); whatever is still unwritten, or was rejected by the store, is reported
+exactly: one warning per run (trial, run or "not created", epochs lost), ``tracker.unwritten`` and
+``<results_dir>/tracking_unwritten.json``. The sweep's own records in the results directory stay the source of
+truth.
 
-Failures of the store during a sweep are logged as warnings and never stop the sweep (its own records in the
-results directory are the source of truth); an unreachable store at ``start()`` is a ``TrackingError``.
+``log_single_run`` records a ``ternsearch train`` run (a retrain of an exported config), linked to its sweep.
 Credentials (``MLFLOW_TRACKING_PASSWORD``/``TOKEN``, user:password in a URI) never appear in messages.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
-import json
 import logging
-import math
 import os
 import re
-import subprocess
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
-from urllib.parse import unquote, urlsplit, urlunsplit
-from urllib.request import pathname2url
+from typing import Any, Optional
 
 from ray.tune import Callback
 
 from ternsearch.errors import TrackingError
+from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
+                                  _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
+                                  _pip_requirements, _quote, _redact, _search_all, _tags, _using_tracking_uri,
+                                  check_reachable, default_tracking_uri, flatten_config, log_single_run)
+from ternsearch.tracking_queue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
 
-__all__ = ["MLflowTracker", "default_tracking_uri", "flatten_config", "log_single_run", "TAG"]
+__all__ = ["MLflowTracker", "TAG", "UNWRITTEN_FILE", "check_reachable", "default_tracking_uri", "describe_unwritten",
+           "error_reason", "flatten_config", "log_single_run"]
 
 log = logging.getLogger(__name__)
 
-# Tag keys (one place, so readers such as the report agree with the writer).
-TAG = {
-    "sweep_id": "ternsearch.sweep_id",
-    "role": "ternsearch.role",  # "sweep" | "trial" | "train"
-    "results_dir": "ternsearch.results_dir",
-    "trial_id": "ternsearch.trial_id",
-    "trial_number": "ternsearch.trial_number",
-    "status": "ternsearch.status",
-    "restarts": "ternsearch.restarts",
-    "parent": "mlflow.parentRunId",
-    "best_trial_id": "ternsearch.best_trial_id",
-    "sweep_parent": "ternsearch.sweep_parent_run_id",
-}
-
-# Keys Tune adds to every result (bookkeeping), never logged as metrics. ``done`` is Tune's too: it is forced to
-# True when a scheduler stops a trial, so it cannot tell "ran all epochs" from "stopped by ASHA".
-_TUNE_KEYS = frozenset({
-    "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
-    "timesteps_since_restore", "timesteps_total", "episodes_total", "timestamp", "pid", "hostname", "node_ip",
-    "config", "trial_id", "date", "done", "experiment_tag", "experiment_id", "checkpoint_dir_name",
-    "should_checkpoint", "__duplicate__", "warmup_time",
-})
-_NODE_TAGS = ("node_ip", "hostname", "node_id")
-_SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
-               "DATABRICKS_TOKEN", "AWS_SECRET_ACCESS_KEY")
-# Bounded waits for an HTTP store (MLflow's defaults retry 7 times with backoff factor 2: minutes).
-_HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-_PROBE_TIMEOUT_S = 5.0
-_MAX_PARAM_VAL = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH (3.17)
-_MAX_TAG_VAL = 8000
-_MAX_KEY = 250
-_MAX_ENTITIES_PER_BATCH = 1000  # also the metrics limit
-_MAX_PARAMS_TAGS_PER_BATCH = 100
-_BAD_KEY_CHARS = re.compile(r"[^\w.\-/ :]")
+_FINAL_FLUSH_S = 30.0  # close(): how long to keep trying to write what is still queued
 _EXC_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|Failure)): ?(.*)$")
 
 
-# ------------------------------------------------------------------------------------------------ small helpers
-def flatten_config(cfg_dict: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}`` (lists and scalars are leaves)."""
-    out: dict[str, Any] = {}
-    for key, value in cfg_dict.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten_config(value, prefix=name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def default_tracking_uri(results_dir: Path, configured: Optional[str]) -> str:
-    """The tracking URI of a sweep: ``configured``, else ``$MLFLOW_TRACKING_URI``, else a SQLite file
-    ``<results_dir>/mlflow.db``. A relative SQLite path is made absolute (against the current directory) so
-    the recorded URI still works from another directory (``export``, ``train``)."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not uri:
-        return _sqlite_uri(Path(results_dir).expanduser().resolve() / "mlflow.db")
-    path = _sqlite_path(uri)
-    if path is not None and not path.is_absolute():
-        return _sqlite_uri(path.resolve())
-    return uri
-
-
-def _sqlite_uri(path: Path) -> str:
-    # Like mlflow.utils.file_utils.path_to_local_sqlite_uri: an absolute POSIX path gives sqlite:////abs/file.db
-    return "sqlite:///" + pathname2url(str(path))
-
-
-def _sqlite_path(uri: str) -> Optional[Path]:
-    """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
-
-
-def _redact(text: str) -> str:
-    """``text`` without credentials: user:password in URLs and the values of secret environment variables."""
-    text = re.sub(r"(://)[^/@\s]+@", r"\1***@", str(text))
-    for var in _SECRET_ENV:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return _redact(text)[:limit]
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
-
-
-def _metric_key(key: str) -> str:
-    return _BAD_KEY_CHARS.sub("_", key)[:_MAX_KEY]
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, str)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _package_versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("torch", "torchvision", "ray", "optuna", "mlflow", "ternsearch"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _git_commit() -> Optional[str]:
-    """The commit of the checkout this package runs from, if it is a git checkout (read-only query)."""
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = proc.stdout.strip()
-    return commit if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
-
-
-def _common_tags() -> dict[str, str]:
-    tags = {f"ternsearch.version.{k}": v for k, v in _package_versions().items()}
-    commit = _git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def _quote(value: str) -> str:
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _configure_http_env() -> None:
-    for key, value in _HTTP_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-
-
-def _probe_http(uri: str) -> None:
-    """Fail fast (a few seconds) when nothing answers at an http(s) tracking URI."""
-    import requests
-
-    parts = urlsplit(uri)
-    base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/health", "", ""))
-    try:
-        requests.get(base, timeout=_PROBE_TIMEOUT_S, verify=False if os.environ.get(
-            "MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true" else True)
-    except requests.exceptions.SSLError:
-        return  # something answers; MLflow's own client applies the TLS settings
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        reason = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "connection failed"
-        raise TrackingError(f"MLflow tracking store {_redact(uri)} is unreachable ({reason} within "
-                            f"{_PROBE_TIMEOUT_S:.0f} s): start the server or fix tracking.uri") from None
-
-
-def _ensure_sqlite_dir(uri: str) -> None:
-    path = _sqlite_path(uri)
-    if path is not None:
-        path.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-
-
-def _artifact_location(uri: str, experiment: str) -> Optional[str]:
-    """Beside the database for a SQLite store (MLflow's default, ./mlruns, depends on the current directory);
-    the server's choice otherwise."""
-    path = _sqlite_path(uri)
-    if path is None:
-        return None
-    safe = re.sub(r"[^\w.\-]", "_", experiment) or "experiment"
-    return (path.expanduser().resolve().parent / "mlartifacts" / safe).as_uri()
-
-
-def _get_or_create_experiment(client, uri: str, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
-    if exp.lifecycle_stage == "deleted":
-        client.restore_experiment(exp.experiment_id)
-    return exp.experiment_id
-
-
-def _search_all(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
-    """One ``log_batch`` call when within MLflow's batch limits, else as few as needed."""
-    metrics, params, tags = list(metrics), list(params), list(tags)
-    while metrics or params or tags:  # limits: 1000 metrics, 100 params, 100 tags, 1000 entities in all
-        n = min(len(metrics), _MAX_ENTITIES_PER_BATCH)
-        m, metrics = metrics[:n], metrics[n:]
-        n = min(len(params), _MAX_PARAMS_TAGS_PER_BATCH, _MAX_ENTITIES_PER_BATCH - len(m))
-        p, params = params[:n], params[n:]
-        n = min(len(tags), _MAX_PARAMS_TAGS_PER_BATCH, _MAX_ENTITIES_PER_BATCH - len(m) - len(p))
-        t, tags = tags[:n], tags[n:]
-        client.log_batch(run_id, metrics=m, params=p, tags=t)
-
-
-def _params(values: dict[str, Any]):
-    from mlflow.entities import Param
-
-    return [Param(k[:_MAX_KEY], str(v)[:_MAX_PARAM_VAL]) for k, v in values.items() if v is not None]
-
-
-def _tags(values: dict[str, Any]):
-    from mlflow.entities import RunTag
-
-    return [RunTag(k[:_MAX_KEY], str(v)[:_MAX_TAG_VAL]) for k, v in values.items() if v is not None]
-
-
-def _metrics(values: dict[str, Any], step: int, ts: Optional[int] = None):
-    from mlflow.entities import Metric
-
-    ts = ts or _now_ms()
-    return [Metric(_metric_key(k), float(v), ts, int(step)) for k, v in values.items()]
-
-
-@contextlib.contextmanager
-def _using_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (``mlflow.pytorch.log_model``, registry) at ``uri`` for a moment."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils  # to restore the previous value
-
-    previous = getattr(tracking_utils, "_tracking_uri", None)
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)  # None also clears MLFLOW_TRACKING_URI...
-        if env is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = env  # ...which the user may have set
-
-
-def _pip_requirements() -> list[str]:
-    reqs = []
-    for pkg in ("torch", "torchvision"):
-        try:
-            reqs.append(f"{pkg}=={importlib.metadata.version(pkg).split('+')[0]}")
-        except importlib.metadata.PackageNotFoundError:
-            reqs.append(pkg)
-    return reqs
-
-
 # ------------------------------------------------------------------------------------------------ the callback
-class MLflowTracker(Callback):
+class MLflowTracker(WriteQueue, Callback):
     """Records a sweep in MLflow from the Tune driver: one parent run, one child run per trial.
 
     Picklable (Tune pickles its callbacks with the run config): the MLflow client is created lazily and not
-    pickled. Call ``start()`` before ``Tuner.fit()`` and ``close(status)`` in a ``finally:``.
+    pickled. Call ``start()`` before ``Tuner.fit()`` and ``close(status)`` in a ``finally:``; after ``close()``,
+    ``unwritten`` lists what never reached the store (empty when everything did).
+
+    The callbacks turn Tune's events into ops for the write queue (``ternsearch.tracking_queue``): they never
+    wait long for the store and never raise.
     """
 
     def __init__(self, *, uri: str, experiment: str, sweep_name: str, sweep_id: str, spec_file: str,
@@ -326,13 +81,15 @@ class MLflowTracker(Callback):
         self.parent_run_id: Optional[str] = None
         self._client_obj = None
         self._closed = False
-        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._runs: dict[str, str] = {}  # trial_id -> run_id (once the run exists in the store)
+        self._opened: set[str] = set()  # trials whose run was asked for (maybe still queued)
         self._last_epoch: dict[str, int] = {}
         self._restarts: dict[str, int] = {}
         self._restart_noted: dict[str, bool] = {}  # a restart already counted since the last new epoch
         self._node: dict[str, dict[str, str]] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self.failures: list[str] = []  # tracking problems met during the sweep (also logged as warnings)
+        self._init_queue()
 
     # -------------------------------------------------------------------------------------------- plumbing
     def __getstate__(self) -> dict:
@@ -351,13 +108,11 @@ class MLflowTracker(Callback):
         return self._client_obj
 
     def _guard(self, what: str, fn, *args):
-        """Run a tracking step; a store failure is a warning, never the end of the sweep."""
+        """Run a tracking step; a failure is a warning, never the end of the sweep."""
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - MLflow raises MlflowException, requests/SQLAlchemy errors...
-            msg = f"MLflow tracking ({_redact(self.uri)}): {what} failed: {type(exc).__name__}: {_one_line(exc)}"
-            self.failures.append(msg)
-            log.warning("%s (the sweep continues; its results directory keeps every result)", msg)
+            self._warn(f"{what} failed: {type(exc).__name__}: {_one_line(exc)}")
             return None
 
     # -------------------------------------------------------------------------------------------- sweep level
@@ -367,9 +122,7 @@ class MLflowTracker(Callback):
         Raises:
             TrackingError: the store cannot be reached or used (one line, naming the URI).
         """
-        _configure_http_env()
-        if self.uri.startswith(("http://", "https://")):
-            _probe_http(self.uri)
+        check_reachable(self.uri)
         try:
             _ensure_sqlite_dir(self.uri)
             client = self._client()
@@ -428,21 +181,15 @@ class MLflowTracker(Callback):
         return self._guard("reconcile", _do) or 0
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the parent run with ``status`` (FINISHED/KILLED/FAILED) and any child still RUNNING as KILLED.
-        Idempotent."""
+        """End the parent run with ``status`` (FINISHED/KILLED/FAILED) and any child still RUNNING as KILLED,
+        after writing what is still queued (a few tries over up to ~30 s). What cannot be written is reported:
+        ``unwritten``, one warning per run, ``<results_dir>/tracking_unwritten.json``. Idempotent."""
         if self._closed or self.parent_run_id is None:
             return
-
-        def _do() -> None:
-            client = self._client()
-            for run in self._children("RUNNING"):
-                _log_batch(client, run.info.run_id,
-                           tags=_tags({TAG["status"]: "killed: sweep ended while trial was running"}))
-                client.set_terminated(run.info.run_id, "KILLED")
-            client.set_terminated(self.parent_run_id, status)
-
-        self._guard("closing the sweep's runs", _do)
         self._closed = True
+        self._queue.append(self._op("close", None, status=status))
+        self._drain(_final_wait_s())
+        self._report_unwritten()
 
     # -------------------------------------------------------------------------------------------- trial runs
     @staticmethod
@@ -464,50 +211,36 @@ class MLflowTracker(Callback):
                            f"tags.`{TAG['parent']}` = {_quote(self._require_parent())}")
         return sorted(runs, key=lambda r: r.info.start_time or 0)[0] if runs else None
 
-    def _open_run(self, trial) -> str:
-        """The child run of ``trial``: found by tag (and reopened) or created. A second start of a trial that
-        had logged epochs counts as a restart."""
+    def _open_ops(self, trial) -> list[dict]:
+        """The op creating (or finding) ``trial``'s run, if none was asked for yet."""
         tid = trial.trial_id
-        client = self._client()
-        run_id = self._runs.get(tid)
-        run = client.get_run(run_id) if run_id else self._find_child(tid)
-        tags: dict[str, Any] = {TAG["status"]: "running"}
-        if run is None:
-            number = self._trial_number(trial)
-            create_tags = {TAG["parent"]: self._require_parent(), TAG["trial_id"]: tid, TAG["role"]: "trial",
-                           TAG["sweep_id"]: self.sweep_id, TAG["status"]: "running", TAG["restarts"]: "0"}
-            if number is not None:
-                create_tags[TAG["trial_number"]] = str(number)
-            run = client.create_run(self.experiment_id, tags=create_tags, run_name=self._run_name(trial))
-            run_id = run.info.run_id
-            self._runs[tid] = run_id
-            self._last_epoch[tid] = 0
-            self._restarts[tid] = 0
-            _log_batch(client, run_id, params=_params(flatten_config(dict(trial.config or {}))))
-            return run_id
-        run_id = run.info.run_id
-        if tid not in self._runs:  # known from the store only (a resumed sweep)
-            self._runs[tid] = run_id
-            epoch = run.data.metrics.get("epoch")
-            self._last_epoch[tid] = int(epoch) if epoch is not None and math.isfinite(epoch) else 0
-            try:
-                self._restarts[tid] = int(run.data.tags.get(TAG["restarts"], "0"))
-            except ValueError:
-                self._restarts[tid] = 0
-        if self._last_epoch.get(tid, 0) > 0 and not self._restart_noted.get(tid):
-            self._restarts[tid] = self._restarts.get(tid, 0) + 1
-            self._restart_noted[tid] = True
-            tags[TAG["restarts"]] = str(self._restarts[tid])
-        if run.info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-        _log_batch(client, run_id, tags=_tags(tags))
-        return run_id
-
-    def _run_of(self, trial) -> str:
-        return self._runs.get(trial.trial_id) or self._open_run(trial)
+        if tid in self._opened:
+            return []
+        self._opened.add(tid)
+        self._last_epoch.setdefault(tid, 0)
+        self._restarts.setdefault(tid, 0)
+        number = self._trial_number(trial)
+        tags = {TAG["trial_id"]: tid, TAG["role"]: "trial", TAG["sweep_id"]: self.sweep_id,
+                TAG["status"]: "running", TAG["restarts"]: "0"}
+        if number is not None:
+            tags[TAG["trial_number"]] = str(number)
+        params = {k: v for k, v in flatten_config(dict(trial.config or {})).items() if v is not None}
+        return [self._op("open", tid, tags=tags, run_name=self._run_name(trial), params=params)]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._guard(f"starting the run of trial {trial.trial_id}", self._open_run, trial)
+        self._guard(f"starting the run of trial {trial.trial_id}", self._start_trial, trial)
+
+    def _start_trial(self, trial) -> None:
+        tid = trial.trial_id
+        if tid not in self._opened:
+            self._submit(*self._open_ops(trial))
+            return
+        # Started again (Tune retried it): a start after logged epochs counts as a restart.
+        restarted = self._last_epoch.get(tid, 0) > 0 and not self._restart_noted.get(tid)
+        if restarted:
+            self._restarts[tid] = self._restarts.get(tid, 0) + 1
+            self._restart_noted[tid] = True
+        self._submit(self._op("reopen", tid, tags={TAG["status"]: "running"}, restarts=restarted))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._guard(f"logging a result of trial {trial.trial_id}", self._log_result, trial, result)
@@ -516,8 +249,7 @@ class MLflowTracker(Callback):
         tid = trial.trial_id
         if "epoch" not in result:
             return
-        run_id = self._run_of(trial)
-        client = self._client()
+        ops = self._open_ops(trial)
         epoch = int(result["epoch"])
         tags: dict[str, Any] = {}
         node = {k: str(result[k]) for k in _NODE_TAGS if result.get(k) not in (None, "")}
@@ -526,19 +258,25 @@ class MLflowTracker(Callback):
             self._node[tid] = node
         if epoch <= self._last_epoch.get(tid, 0):
             # A restarted trial repeats epochs after its checkpoint: keep the first value of each epoch.
-            if not self._restart_noted.get(tid):
+            restarted = not self._restart_noted.get(tid)
+            if restarted:
                 self._restarts[tid] = self._restarts.get(tid, 0) + 1
                 self._restart_noted[tid] = True
-                tags[TAG["restarts"]] = str(self._restarts[tid])
-            if tags:
-                _log_batch(client, run_id, tags=_tags(tags))
+            if tags or restarted:
+                ops.append(self._op("log", tid, tags=tags, restarts=restarted))
+            self._submit(*ops)
             return
         values = {k: v for k, v in result.items()
                   if k not in _TUNE_KEYS and _is_number(v) and v is not None}
-        _log_batch(client, run_id, metrics=_metrics(values, epoch), tags=_tags(tags))
+        ops.append(self._op("log", tid, epoch=epoch, metrics=_metrics(values, epoch), tags=tags))
         self._last_epoch[tid] = epoch
         self._restart_noted[tid] = False
         self._last[tid] = {k: result.get(k) for k in ("epoch", "early_stopped", "run_complete", "done")}
+        self._submit(*ops)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._queue:  # the store was down: try again (rate-limited in _flush) even when no trial reports
+            self._guard("writing buffered results", self._flush)
 
     def _planned_epochs(self, trial) -> Optional[int]:
         config = dict(trial.config or {})
@@ -563,13 +301,12 @@ class MLflowTracker(Callback):
         return "completed" if complete else f"stopped by ASHA at epoch {int(epoch)}"
 
     def _end_trial(self, trial, run_status: str, status_tag: str) -> None:
-        run_id = self._run_of(trial)
-        client = self._client()
-        _log_batch(client, run_id, tags=_tags({TAG["status"]: status_tag}))
-        client.set_terminated(run_id, run_status)
+        ops = self._open_ops(trial)
+        ops.append(self._op("end", trial.trial_id, status=run_status, tags={TAG["status"]: status_tag}))
+        self._submit(*ops)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.trial_id not in self._runs and not trial.has_reported_at_least_once:
+        if trial.trial_id not in self._opened and not trial.has_reported_at_least_once:
             return  # a trial removed before it ever ran
         self._guard(f"ending the run of trial {trial.trial_id}",
                     lambda: self._end_trial(trial, "FINISHED", self._completion_status(trial)))
@@ -581,7 +318,11 @@ class MLflowTracker(Callback):
     # -------------------------------------------------------------------------------------------- best model
     def log_best(self, trial_id: str, checkpoint_dir: str, best_config_yaml: str) -> str:
         """Log the best trial's model (from its checkpoint) and config on the parent run, register the model
-        under the sweep's name, and return its URI (``models:/<sweep>/<version>``)."""
+        under the sweep's name, and return its URI (``models:/<sweep>/<version>``). Writes still queued are
+        written first (waiting up to ~30 s for the store to come back); if they cannot be, ``TrackingError``."""
+        if not self._drain(_final_wait_s()):
+            raise TrackingError(f"MLflow tracking store {_redact(self.uri)} is unreachable: the best model was not "
+                                f"logged ({len(self._queue)} writes still buffered)")
         try:
             return self._log_best(trial_id, checkpoint_dir, best_config_yaml)
         except TrackingError:
@@ -635,6 +376,14 @@ class MLflowTracker(Callback):
         return uri
 
 
+def _final_wait_s() -> float:
+    """How long the end of a sweep waits for an unreachable store: ``$TERNSEARCH_MLFLOW_FINAL_FLUSH_S`` or 30 s."""
+    try:
+        return max(0.0, float(os.environ.get("TERNSEARCH_MLFLOW_FINAL_FLUSH_S", _FINAL_FLUSH_S)))
+    except ValueError:
+        return _FINAL_FLUSH_S
+
+
 # ------------------------------------------------------------------------------------------------ trial errors
 def error_reason(trial) -> str:
     """One line saying why a trial failed, e.g. ``DivergedError: diverged at epoch 2 (train_loss=nan)``.
@@ -684,76 +433,3 @@ def _exception_line(text: str) -> str:
         return ""
     m = (own or found)[-1]
     return _redact(f"{m.group(1)}: {m.group(2).strip()}".rstrip(": "))[:300]
-
-
-# ------------------------------------------------------------------------------------------------ single runs
-def log_single_run(tf, source: Path, final: dict) -> str:
-    """Record a finished ``ternsearch train`` run: one run linked to its sweep by
-    ``ternsearch.sweep_parent_run_id``; params = the flattened resolved config; per-epoch metrics from
-    ``<output>/history.jsonl``; final metrics (test_acc, test_loss, ...); the config file as an artifact.
-    Returns the run id.
-
-    Raises:
-        TrackingError: the store cannot be reached or used.
-    """
-    output = Path(final.get("output") or ".")
-    uri = default_tracking_uri(Path(tf.origin.results) if tf.origin.results else output, tf.tracking.uri)
-    experiment = tf.tracking.experiment or tf.name
-    _configure_http_env()
-    if uri.startswith(("http://", "https://")):
-        _probe_http(uri)
-    try:
-        return _log_single_run(tf, Path(source), final, output, uri, experiment)
-    except TrackingError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise TrackingError(f"MLflow tracking store {_redact(uri)}: logging the run failed "
-                            f"({type(exc).__name__}: {_one_line(exc)})") from None
-
-
-def _read_history(path: Path) -> dict[int, dict]:
-    """Epoch -> metrics, the last line kept per epoch (a resumed run repeats the epochs after its checkpoint)."""
-    rows: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if "epoch" in row:
-                    rows[int(row["epoch"])] = row
-    return rows
-
-
-def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, experiment: str) -> str:
-    from mlflow.tracking import MlflowClient
-
-    _ensure_sqlite_dir(uri)
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = _get_or_create_experiment(client, uri, experiment)
-    origin = tf.origin
-    tags = {TAG["role"]: "train", "ternsearch.output": str(output.resolve()), "ternsearch.config_file":
-            str(source.resolve()), TAG["sweep_parent"]: origin.parent_run_id, "ternsearch.origin.sweep": origin.sweep,
-            "ternsearch.origin.results": origin.results, "ternsearch.origin.trial_id": origin.trial_id,
-            "ternsearch.origin.metric_value": origin.metric_value, **_common_tags()}
-    run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items() if v is not None},
-                            run_name=f"{tf.name} retrain" if origin.parent_run_id else tf.name)
-    run_id = run.info.run_id
-    status = "FAILED"
-    try:
-        _log_batch(client, run_id, params=_params(flatten_config(tf.base_config().model_dump(mode="json"))))
-        history = _read_history(output / "history.jsonl")
-        for epoch, row in sorted(history.items()):
-            values = {k: v for k, v in row.items() if k not in _TUNE_KEYS and _is_number(v)}
-            _log_batch(client, run_id, metrics=_metrics(values, epoch))
-        last_epoch = max(history) if history else int(final.get("epoch") or 0)
-        logged = set(history.get(last_epoch, {}))
-        finals = {k: v for k, v in final.items()
-                  if _is_number(v) and k not in _TUNE_KEYS and (k not in logged or k.startswith("test_"))}
-        _log_batch(client, run_id, metrics=_metrics(finals, last_epoch))
-        if source.is_file():
-            client.log_artifact(run_id, str(source), "config")
-        if (output / "final_metrics.json").is_file():
-            client.log_artifact(run_id, str(output / "final_metrics.json"), "final")
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status)
-    return run_id

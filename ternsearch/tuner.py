@@ -85,6 +85,18 @@ def make_plan(spec: SweepSpec, cluster: dict[str, float],
                 min(concurrent, spec.searcher.num_samples), _max_epochs(spec), fits)
 
 
+TUNE_DIR = "tune"
+
+
+def experiment_path(storage_path: str, name: str) -> str:
+    """Tune's experiment directory: ``STORAGE/NAME/tune``.
+
+    Not ``STORAGE/NAME`` itself: Tune syncs its experiment directory from a driver-side staging copy, and on
+    restore that copy would overwrite the sweep's own records (trials.json) with their state at the kill.
+    """
+    return f"{storage_path.rstrip('/')}/{name}/{TUNE_DIR}"
+
+
 def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any]:
     """What every trial needs besides the searcher's values (passed once through the object store)."""
     return {
@@ -94,8 +106,9 @@ def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any
         "use_gpu": plan.use_gpu,
         "cpus_per_worker": plan.cpus_per_worker,
         "gpus_per_worker": plan.gpus_per_worker,
-        # Train runs of DDP trials live beside the Tune trials, inside the sweep's results directory.
+        # Train runs of DDP trials live beside the Tune experiment, inside the sweep's directory.
         "storage_path": f"{storage_path.rstrip('/')}/{spec.name}",
+        "trial_dir_root": f"{experiment_path(storage_path, spec.name)}",
         "max_failures": spec.failure.max_failures,
         "keep_checkpoints": spec.failure.keep_checkpoints,
         "placement_strategy": "SPREAD" if spec.storage.shared else "PACK",
@@ -173,7 +186,7 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list)
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=storage_path, callbacks=callbacks, verbose=0,
+            name=TUNE_DIR, storage_path=f"{storage_path.rstrip('/')}/{spec.name}", callbacks=callbacks, verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
         ),
@@ -184,8 +197,7 @@ def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: lis
     """Continue an interrupted sweep: unfinished trials resume from their checkpoints, finished ones are kept,
     and the searcher's state (Optuna study) is restored. Errored trials stay errored (a diverged trial would
     only diverge again)."""
-    experiment = f"{storage_path.rstrip('/')}/{spec.name}"
-    tuner = tune.Tuner.restore(experiment, trainable=_trainable(spec, plan, storage_path),
+    tuner = tune.Tuner.restore(experiment_path(storage_path, spec.name), trainable=_trainable(spec, plan, storage_path),
                                resume_unfinished=True, resume_errored=False)
     # The restored run config carries pickled copies of our callbacks; use fresh ones (private API, checked
     # against ray 2.60: TunerInternal.get_run_config() returns the RunConfig that fit() hands to Tune).

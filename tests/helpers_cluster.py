@@ -14,6 +14,7 @@ cluster.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -166,6 +167,8 @@ class LocalRayCluster:
             PYTHONUNBUFFERED="1",
         )
         self.env.pop("MLFLOW_TRACKING_URI", None)
+        self._stopped = False
+        atexit.register(self.shutdown)  # a safety net: fixtures stop the cluster, even when a test fails
 
     @property
     def address(self) -> str:
@@ -258,9 +261,12 @@ class LocalRayCluster:
         node.killed = True
 
     def shutdown(self, keep_logs_in: Optional[Path] = None) -> None:
-        """Stop every node started here (workers first) and remove the cluster's files."""
+        """Stop every node started here (workers first) and remove the cluster's files. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         for node in reversed(self.nodes):
-            if node.proc.poll() is None or process_tree(node.pid):
+            if not node.killed:
                 kill_tree(node.pid, signal.SIGTERM, grace=3)
             try:
                 node.proc.wait(timeout=5)
@@ -291,6 +297,7 @@ class MLflowServer:
         self.port = free_ports(1)[0]
         self.log = self.base / "mlflow-server.log"
         self.proc: Optional[subprocess.Popen] = None
+        atexit.register(self.stop)
 
     @property
     def uri(self) -> str:
@@ -322,8 +329,9 @@ class MLflowServer:
         raise TimeoutError(f"mlflow server not healthy after {timeout:g} s; see {self.log}")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            kill_tree(self.proc.pid, signal.SIGTERM, grace=10)
+        """Stop the server's process tree. Idempotent."""
+        if self.proc is not None and self.proc.returncode is None:
+            kill_tree(self.proc.pid, signal.SIGTERM, grace=5)
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:

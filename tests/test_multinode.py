@@ -9,7 +9,6 @@ whatever happens: other Ray instances on this machine are never touched.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ def slow_ray(fn):
     return pytest.mark.slow(pytest.mark.ray(fn))
 
 TERNSEARCH = str(Path(sys.executable).parent / "ternsearch")
-SWEEP_TIMEOUT = 300
+SWEEP_TIMEOUT = 600  # generous: the machine's 2 cores may be shared
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +130,7 @@ def _tags(run: dict) -> dict:
 
 
 @slow_ray
-def test_trials_and_ddp_ranks_run_on_both_nodes(two_nodes, mlflow_server, tmp_path):
+def test_trials_run_on_both_nodes(two_nodes, mlflow_server, tmp_path):
     cluster = two_nodes
     head, worker = _head(cluster).node_id, _worker(cluster).node_id
     shared = tmp_path / "shared-results"
@@ -150,7 +149,14 @@ def test_trials_and_ddp_ranks_run_on_both_nodes(two_nodes, mlflow_server, tmp_pa
     runs = mlflow_runs(mlflow_server, "mn-spread")
     roles = sorted(_tags(run).get("ternsearch.role", "") for run in runs)
     assert roles == ["sweep", "trial", "trial", "trial", "trial"], roles
+    print(f"\nspread sweep {spread_s:.0f} s")
 
+
+@slow_ray
+def test_ddp_ranks_run_on_both_nodes(two_nodes, mlflow_server, tmp_path):
+    cluster = two_nodes
+    head, worker = _head(cluster).node_id, _worker(cluster).node_id
+    shared = tmp_path / "shared-results"
     # One 2-worker DDP trial (TorchTrainer): one rank per node; its driver is pinned by driver_resources.
     spec = write_spec(tmp_path / "ddp.yaml", "mn-ddp", shared, mlflow_server.uri,
                       searcher={"num_samples": 1},
@@ -162,7 +168,7 @@ def test_trials_and_ddp_ranks_run_on_both_nodes(two_nodes, mlflow_server, tmp_pa
     (trial,) = json.loads((shared / "mn-ddp" / "trials.json").read_text()).values()
     assert trial["status"] == "completed", trial
     assert sorted(trial["rank_node_ids"].split(",")) == sorted([head, worker]), trial
-    print(f"\nspread sweep {spread_s:.0f} s, ddp sweep {ddp_s:.0f} s")
+    print(f"\nddp sweep {ddp_s:.0f} s")
 
 
 @slow_ray
@@ -179,10 +185,10 @@ def test_driver_resources_pin_trials_to_the_head(two_nodes, mlflow_server, tmp_p
 
 
 @slow_ray
-def test_local_storage_or_sqlite_on_several_nodes_is_refused_before_launch(two_nodes, tmp_path):
+def test_local_storage_or_sqlite_on_several_nodes_is_refused_before_launch(two_nodes, mlflow_server, tmp_path):
     cluster = two_nodes
     # A local (not shared) storage path: --dry-run says so and exits 1.
-    spec = write_spec(tmp_path / "local.yaml", "mn-local", tmp_path / "res", "http://127.0.0.1:9",
+    spec = write_spec(tmp_path / "local.yaml", "mn-local", tmp_path / "res", mlflow_server.uri,
                       storage={"path": str(tmp_path / "res"), "shared": False})
     r = run_sweep(cluster, spec, "--dry-run", timeout=120)
     assert r.returncode == 1, r.stderr[-3000:]
@@ -203,20 +209,23 @@ def test_sweep_survives_losing_the_worker_node(two_nodes, mlflow_server, tmp_pat
     head, worker = _head(cluster), _worker(cluster)
     shared = tmp_path / "shared-results"
     spec = write_spec(tmp_path / "kill.yaml", "mn-kill", shared, mlflow_server.uri,
-                      train={"epochs": 6}, searcher={"num_samples": 3}, failure={"max_failures": 2})
+                      train={"epochs": 8}, searcher={"num_samples": 3}, failure={"max_failures": 2})
     history = shared / "mn-kill" / "history.jsonl"
     proc = subprocess.Popen([TERNSEARCH, "sweep", str(spec), "--address", cluster.address],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env,
                             cwd=tmp_path, start_new_session=True)
     try:
-        # Kill the worker node as soon as a trial there has reported its first epoch (and before its last).
+        # Kill the worker node as soon as a trial there has reported an early epoch (6+ epochs still to go).
         victim = None
         deadline = time.monotonic() + SWEEP_TIMEOUT
         while victim is None and time.monotonic() < deadline and proc.poll() is None:
             if history.exists():
                 for line in history.read_text().splitlines():
-                    row = json.loads(line)
-                    if row.get("node_id") == worker.node_id and row.get("epoch", 0) < 6:
+                    try:
+                        row = json.loads(line)
+                    except ValueError:  # a line being written
+                        continue
+                    if row.get("node_id") == worker.node_id and row.get("epoch", 0) <= 2:
                         victim = row["trial_id"]
                         break
             time.sleep(0.2)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import socket
 import sys
@@ -242,6 +243,150 @@ def test_log_best_registers_a_loadable_model(tmp_path, store, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
     t.close()
+
+
+# ------------------------------------------------------------------------------------------------ store outages
+class _Outage:
+    """Stands in for a tracker's MLflow client: passes calls through, except that while ``down`` every call
+    fails as one to a stopped server does, and ``reject`` names methods the store answers with a 400."""
+
+    def __init__(self, client):
+        self.client, self.down, self.reject, self.failed = client, False, set(), 0
+
+    def __getattr__(self, name):
+        from mlflow.exceptions import MlflowException, RestException
+
+        attr = getattr(self.client, name)
+
+        def call(*args, **kwargs):
+            if self.down:
+                self.failed += 1
+                raise MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/runs/log-batch failed "
+                                      "with exception HTTPConnectionPool: Max retries exceeded (Connection refused)")
+            if name in self.reject:
+                self.reject.discard(name)
+                raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad value"})
+            return attr(*args, **kwargs)
+
+        return call if callable(attr) else attr
+
+
+def _outage(tracker: MLflowTracker) -> _Outage:
+    tracker._client_obj = _Outage(tracker._client())
+    return tracker._client_obj
+
+
+def test_outage_buffers_writes_and_writes_them_later(tmp_path, store, monkeypatch):
+    import ternsearch.tracking_queue as tq
+
+    monkeypatch.setattr(tq, "_MIN_RETRY_S", 0.0)  # every callback may try (really: at most one try a second)
+    monkeypatch.setattr(tq, "_RETRY_COST_FACTOR", 0)
+    t = _tracker(tmp_path, store, "toy-outage")
+    parent = t.start()
+    fake = _outage(t)
+    a, b = _trial("out_00000", lr=0.1), _trial("out_00001", lr=0.2)
+    t.on_trial_start(0, [a], a)
+    t.on_trial_result(0, [a], a, _result(1))
+    fake.down = True
+    t0 = tq._now_ms()
+    t.on_trial_result(0, [a], a, _result(2))
+    t.on_trial_result(0, [a], a, _result(2, val_acc=0.9))  # a repeat after a restart, while down
+    t.on_trial_start(0, [b], b)  # its run cannot be created now
+    t.on_trial_result(0, [b], b, _result(1))
+    t.on_trial_result(0, [a], a, _result(3))
+    t.on_trial_complete(0, [a], a)
+    ended = tq._now_ms()
+    t.on_step_end(0, [a, b])
+    assert fake.failed == 7  # one attempt per callback, however much is queued
+    assert t.pending == 6 and len(t.failures) == 1 and "unreachable" in t.failures[0]
+    fake.down = False
+    time.sleep(0.05)
+    t.on_step_end(0, [a, b])  # the store is back: everything is written, in order
+    assert t.pending == 0 and len(t.failures) == 1
+    client = _client(t)
+    run_a = client.get_run(t._runs["out_00000"])
+    assert _steps(client, run_a.info.run_id) == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
+    assert (run_a.info.status, run_a.data.tags["ternsearch.status"]) == ("FINISHED", "stopped by ASHA at epoch 3")
+    assert run_a.data.tags["ternsearch.restarts"] == "1"
+    assert t0 <= min(m.timestamp for m in client.get_metric_history(run_a.info.run_id, "val_acc")[1:])
+    assert run_a.info.end_time <= ended  # when it ended, not when that was written
+    run_b = client.get_run(t._runs["out_00001"])
+    assert run_b.data.params == {"lr": "0.2"} and run_b.info.status == "RUNNING"
+    assert run_b.data.tags["mlflow.parentRunId"] == parent and run_b.data.tags["ternsearch.trial_number"] == "1"
+    assert _steps(client, run_b.info.run_id) == [(1, 0.1)]
+    assert run_b.info.start_time <= client.get_metric_history(run_b.info.run_id, "val_acc")[0].timestamp
+    assert len(_children(client, t)) == 2
+
+    # A write the store rejects is dropped (one warning) and the queue goes on.
+    fake.reject = {"log_batch"}
+    t.on_trial_result(0, [b], b, _result(2))
+    t.on_trial_result(0, [b], b, _result(3))
+    assert t.pending == 0 and len(t.failures) == 2 and "rejected" in t.failures[1]
+    assert [s for s, _ in _steps(client, run_b.info.run_id)] == [1, 3]
+    t.close()
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(run_b.info.run_id).info.status == "KILLED"
+    (entry,) = t.unwritten
+    assert (entry["trial_id"], entry["run_id"], entry["epochs"]) == ("out_00001", run_b.info.run_id, [2])
+    assert json.loads((tmp_path / "tracking_unwritten.json").read_text()) == t.unwritten
+
+
+def test_a_write_to_a_stopped_server_fails_in_a_moment(tmp_path, store, monkeypatch):
+    """With MLflow's own settings a refused connection is retried for minutes; during a sweep it costs one quick
+    failed attempt, then the write waits in the queue. MLflow's settings are back afterwards."""
+    from ternsearch.mlflow_io import brief_http
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = _tracker(tmp_path, store, "toy-stopped", uri=f"http://127.0.0.1:{port}")
+    t.experiment_id, t.parent_run_id = "1", "0" * 32  # as if start() had succeeded before the server stopped
+    trial = _trial("stop_00000", lr=0.1)
+    t0 = time.monotonic()
+    t.on_trial_start(0, [trial], trial)
+    t.on_trial_result(0, [trial], trial, _result(1))
+    t.on_step_end(0, [trial])  # within a second of the failure: not even tried
+    assert time.monotonic() - t0 < 3 and t.pending == 2 and len(t.failures) == 1
+    assert "store unreachable (Connection refused)" in t.failures[0]
+    with brief_http():
+        assert (os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"], os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) == ("2", "1")
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "2" and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_outage_until_the_end_reports_exactly_what_is_lost(tmp_path, store, monkeypatch, caplog):
+    monkeypatch.setenv("TERNSEARCH_MLFLOW_FINAL_FLUSH_S", "0")
+    t = _tracker(tmp_path, store, "toy-lost")
+    parent = t.start()
+    fake = _outage(t)
+    a, b = _trial("lost_00000", lr=0.1), _trial("lost_00001", lr=0.2)
+    t.on_trial_start(0, [a], a)
+    t.on_trial_result(0, [a], a, _result(1))
+    fake.down = True
+    for epoch in (2, 3):
+        t.on_trial_result(0, [a], a, _result(epoch))
+    t.on_trial_start(0, [b], b)
+    t.on_trial_result(0, [b], b, _result(1))
+    t.on_trial_error(0, [b], b)
+    with pytest.raises(TrackingError, match="unreachable: the best model was not logged"):
+        t.log_best("lost_00000", str(tmp_path), "name: toy\n")
+    caplog.clear()
+    t0 = time.monotonic()
+    t.close("FINISHED")
+    assert time.monotonic() - t0 < 5
+    run_a = t._runs["lost_00000"]
+    assert [(e["trial_id"], e["run_id"], e["epochs"], e["params"], e["end_status"]) for e in t.unwritten] == [
+        ("lost_00000", run_a, [2, 3], False, None),
+        ("lost_00001", None, [1], True, "FAILED (failed: unknown error)"),
+        (None, parent, [], False, "FINISHED (and children left RUNNING not ended)")]
+    lines = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert len(lines) == 3
+    assert f"trial lost_00000 (run {run_a}): epochs 2, 3 (" in lines[0]
+    assert "trial lost_00001 (run not created): epochs 1 (" in lines[1] and "params" in lines[1]
+    assert json.loads((tmp_path / "tracking_unwritten.json").read_text()) == t.unwritten
+    client = _client(t)
+    assert _steps(client, run_a) == [(1, 0.1)] and len(_children(client, t)) == 1
 
 
 # ------------------------------------------------------------------------------------------------ a real sweep

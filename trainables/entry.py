@@ -87,6 +87,10 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
     path, manifest = _usable(candidates)
     if manifest and manifest.get("diverged"):
         raise DivergedError(manifest["epoch"], float("nan"))
+    if manifest:
+        # Report the resumed epoch again from the checkpoint's own record: a driver killed after the trial
+        # saved this checkpoint may never have recorded the epoch. Receivers keep one value per epoch.
+        send(dict(manifest.get("metrics", {}), replayed=True), None)
     try:
         run(cfg, send, resume_from=path)
     except DivergedError as exc:
@@ -99,6 +103,19 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
         raise
 
 
+def _newest_first(paths: list[str]) -> list[str]:
+    """Checkpoint directories by the epoch their manifest records, newest first (unreadable ones last)."""
+    from trainables.checkpoint import CheckpointError, read_manifest
+
+    def epoch(path: str) -> int:
+        try:
+            return int(read_manifest(path).get("epoch", -1))
+        except CheckpointError:
+            return -1
+
+    return sorted(paths, key=epoch, reverse=True)
+
+
 def _siblings(path: str) -> list[str]:
     """``path`` and the older checkpoint directories beside it, newest first (local storage only)."""
     from pathlib import Path
@@ -106,8 +123,8 @@ def _siblings(path: str) -> list[str]:
     here = Path(path)
     if not here.is_dir():
         return [path]
-    older = sorted((p for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here), reverse=True)
-    return [path] + [str(p) for p in older]
+    older = [str(p) for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here]
+    return [path] + _newest_first(older)
 
 
 def _run_function_trial(config: dict, setup: dict) -> None:
@@ -123,7 +140,14 @@ def _run_function_trial(config: dict, setup: dict) -> None:
 
     ckpt = tune.get_checkpoint()
     if ckpt is None:
-        _train(cfg, setup, send, [], 0)
+        # Tune records a trial's checkpoints in its experiment state every few seconds; a driver killed in
+        # between restores the trial without its newest checkpoint. The checkpoints are on storage all the
+        # same: look for them (local and shared filesystems).
+        from pathlib import Path
+
+        trial_dir = Path(f"{setup['trial_dir_root']}/trial_{tune.get_context().get_trial_id()}")
+        found = [str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()]
+        _train(cfg, setup, send, _newest_first(found), 0)
         return
     with ckpt.as_directory() as directory:
         # On local or shared-filesystem storage the directory is the stored checkpoint itself, and the

@@ -1,0 +1,420 @@
+"""MLflow plumbing shared by the sweep tracker (``ternsearch.tracking``) and ``ternsearch train``: tracking URIs,
+redaction of credentials, MLflow entities within the store's limits, bounded HTTP waits, telling an outage from
+a rejected write, and ``log_single_run``."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.request import pathname2url
+
+from ternsearch.errors import TrackingError
+
+__all__ = ["TAG", "check_reachable", "default_tracking_uri", "flatten_config", "log_single_run"]
+
+# Tag keys (one place, so readers such as the report agree with the writer).
+TAG = {
+    "sweep_id": "ternsearch.sweep_id",
+    "role": "ternsearch.role",  # "sweep" | "trial" | "train"
+    "results_dir": "ternsearch.results_dir",
+    "trial_id": "ternsearch.trial_id",
+    "trial_number": "ternsearch.trial_number",
+    "status": "ternsearch.status",
+    "restarts": "ternsearch.restarts",
+    "parent": "mlflow.parentRunId",
+    "best_trial_id": "ternsearch.best_trial_id",
+    "sweep_parent": "ternsearch.sweep_parent_run_id",
+}
+
+# Keys Tune adds to every result (bookkeeping), never logged as metrics. ``done`` is Tune's too: it is forced to
+# True when a scheduler stops a trial, so it cannot tell "ran all epochs" from "stopped by ASHA".
+_TUNE_KEYS = frozenset({
+    "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
+    "timesteps_since_restore", "timesteps_total", "episodes_total", "timestamp", "pid", "hostname", "node_ip",
+    "config", "trial_id", "date", "done", "experiment_tag", "experiment_id", "checkpoint_dir_name",
+    "should_checkpoint", "__duplicate__", "warmup_time",
+})
+_NODE_TAGS = ("node_ip", "hostname", "node_id")
+_SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+               "DATABRICKS_TOKEN", "AWS_SECRET_ACCESS_KEY")
+# Bounded waits for an HTTP store (MLflow's defaults retry 7 times with backoff factor 2: minutes).
+_HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_PROBE_TIMEOUT_S = 5.0
+_MAX_PARAM_VAL = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH (3.17)
+_MAX_TAG_VAL = 8000
+_MAX_KEY = 250
+_MAX_ENTITIES_PER_BATCH = 1000  # also the metrics limit
+_MAX_PARAMS_TAGS_PER_BATCH = 100
+_BAD_KEY_CHARS = re.compile(r"[^\w.\-/ :]")
+# During a sweep one write costs at most a few seconds when the server is down or hung (one immediate retry, a
+# short timeout): the tracker's own queue retries later. A user's lower settings win.
+_BRIEF_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": 1, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": 0,
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": 0, "MLFLOW_HTTP_REQUEST_TIMEOUT": 3}
+# MLflow error codes of a store that is down, overloaded or timing out: worth retrying. Others reject the write.
+_TRANSIENT_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED",
+                              "DEADLINE_EXCEEDED", "ABORTED", "IO_ERROR", "SERVICE_UNDER_MAINTENANCE"})
+
+
+# ------------------------------------------------------------------------------------------------ small helpers
+def flatten_config(cfg_dict: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}`` (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg_dict.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten_config(value, prefix=name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def default_tracking_uri(results_dir: Path, configured: Optional[str]) -> str:
+    """The tracking URI of a sweep: ``configured``, else ``$MLFLOW_TRACKING_URI``, else a SQLite file
+    ``<results_dir>/mlflow.db``. A relative SQLite path is made absolute (against the current directory) so
+    the recorded URI still works from another directory (``export``, ``train``)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri:
+        return _sqlite_uri(Path(results_dir).expanduser().resolve() / "mlflow.db")
+    path = _sqlite_path(uri)
+    if path is not None and not path.is_absolute():
+        return _sqlite_uri(path.resolve())
+    return uri
+
+
+def _sqlite_uri(path: Path) -> str:
+    # Like mlflow.utils.file_utils.path_to_local_sqlite_uri: an absolute POSIX path gives sqlite:////abs/file.db
+    return "sqlite:///" + pathname2url(str(path))
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+
+
+def _redact(text: str) -> str:
+    """``text`` without credentials: user:password in URLs and the values of secret environment variables."""
+    text = re.sub(r"(://)[^/@\s]+@", r"\1***@", str(text))
+    for var in _SECRET_ENV:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return _redact(text)[:limit]
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _metric_key(key: str) -> str:
+    return _BAD_KEY_CHARS.sub("_", key)[:_MAX_KEY]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, str)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("torch", "torchvision", "ray", "optuna", "mlflow", "ternsearch"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_commit() -> Optional[str]:
+    """The commit of the checkout this package runs from, if it is a git checkout (read-only query)."""
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = proc.stdout.strip()
+    return commit if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def _common_tags() -> dict[str, str]:
+    tags = {f"ternsearch.version.{k}": v for k, v in _package_versions().items()}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _configure_http_env() -> None:
+    for key, value in _HTTP_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # With a server, MLflow prints "View run ... at: URL" to stdout whenever a run ends (and fetches the run to
+    # do so): stdout is for the summary JSON that scripts parse.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def _probe_http(uri: str) -> None:
+    """Fail fast (a few seconds) when nothing answers at an http(s) tracking URI."""
+    import requests
+
+    parts = urlsplit(uri)
+    base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        requests.get(base, timeout=_PROBE_TIMEOUT_S, verify=False if os.environ.get(
+            "MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true" else True)
+    except requests.exceptions.SSLError:
+        return  # something answers; MLflow's own client applies the TLS settings
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        reason = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "connection failed"
+        raise TrackingError(f"MLflow tracking store {_redact(uri)} is unreachable ({reason} within "
+                            f"{_PROBE_TIMEOUT_S:.0f} s): start the server or fix tracking.uri") from None
+
+
+def check_reachable(uri: str) -> None:
+    """Raise ``TrackingError`` (one line naming the URI) when nothing answers at an http(s) tracking URI within
+    a few seconds. Other URIs (SQLite, file) are not checked here."""
+    _configure_http_env()
+    if uri.startswith(("http://", "https://")):
+        _probe_http(uri)
+
+
+@contextlib.contextmanager
+def brief_http() -> Iterator[None]:
+    """MLflow's HTTP retries and timeout bounded to a few seconds per request for a moment (see _BRIEF_HTTP_ENV),
+    and urllib3's warning about each retry silenced (the tracker reports an outage once)."""
+    saved = {key: os.environ.get(key) for key in _BRIEF_HTTP_ENV}
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)
+    try:
+        for key, limit in _BRIEF_HTTP_ENV.items():
+            try:
+                value = min(float(saved[key]), limit) if saved[key] is not None else limit
+            except ValueError:
+                value = limit
+            os.environ[key] = str(value) if key.endswith("JITTER") else str(int(value))
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        pool_log.setLevel(level)
+
+
+def outage_reason(exc: BaseException) -> str:
+    """Why a request failed, short: the OS error under MLflow's and urllib3's wrappers when there is one
+    (``Connection refused``), else the exception's first line."""
+    text = str(exc)
+    found = re.findall(r"\[Errno -?\d+\] ([^\"'()\]]+)", text)
+    if found:
+        return found[-1].strip()
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return "timed out"
+    return f"{type(exc).__name__}: {_one_line(exc, 160)}"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed MLflow call is worth retrying: the store is down, overloaded or timed out, as opposed to
+    a write it rejects (bad value, missing run...), which would fail again."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        try:
+            status = int(exc.get_http_status_code())
+        except (TypeError, ValueError):
+            status = 0
+        return status >= 500 or status == 429 or exc.error_code in _TRANSIENT_CODES
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, (OSError, TimeoutError)) or bool(names & {"OperationalError", "DisconnectionError"})
+
+
+def _ensure_sqlite_dir(uri: str) -> None:
+    path = _sqlite_path(uri)
+    if path is not None:
+        path.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _artifact_location(uri: str, experiment: str) -> Optional[str]:
+    """Beside the database for a SQLite store (MLflow's default, ./mlruns, depends on the current directory);
+    the server's choice otherwise."""
+    path = _sqlite_path(uri)
+    if path is None:
+        return None
+    safe = re.sub(r"[^\w.\-]", "_", experiment) or "experiment"
+    return (path.expanduser().resolve().parent / "mlartifacts" / safe).as_uri()
+
+
+def _get_or_create_experiment(client, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def _search_all(client, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
+    """One ``log_batch`` call when within MLflow's batch limits, else as few as needed."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    while metrics or params or tags:  # limits: 1000 metrics, 100 params, 100 tags, 1000 entities in all
+        n = min(len(metrics), _MAX_ENTITIES_PER_BATCH)
+        m, metrics = metrics[:n], metrics[n:]
+        n = min(len(params), _MAX_PARAMS_TAGS_PER_BATCH, _MAX_ENTITIES_PER_BATCH - len(m))
+        p, params = params[:n], params[n:]
+        n = min(len(tags), _MAX_PARAMS_TAGS_PER_BATCH, _MAX_ENTITIES_PER_BATCH - len(m) - len(p))
+        t, tags = tags[:n], tags[n:]
+        client.log_batch(run_id, metrics=m, params=p, tags=t)
+
+
+def _params(values: dict[str, Any]):
+    from mlflow.entities import Param
+
+    return [Param(k[:_MAX_KEY], str(v)[:_MAX_PARAM_VAL]) for k, v in values.items() if v is not None]
+
+
+def _tags(values: dict[str, Any]):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k[:_MAX_KEY], str(v)[:_MAX_TAG_VAL]) for k, v in values.items() if v is not None]
+
+
+def _metrics(values: dict[str, Any], step: int, ts: Optional[int] = None):
+    from mlflow.entities import Metric
+
+    ts = ts or _now_ms()
+    return [Metric(_metric_key(k), float(v), ts, int(step)) for k, v in values.items()]
+
+
+@contextlib.contextmanager
+def _using_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``mlflow.pytorch.log_model``, registry) at ``uri`` for a moment."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils  # to restore the previous value
+
+    previous = getattr(tracking_utils, "_tracking_uri", None)
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None also clears MLFLOW_TRACKING_URI...
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env  # ...which the user may have set
+
+
+def _pip_requirements() -> list[str]:
+    reqs = []
+    for pkg in ("torch", "torchvision"):
+        try:
+            reqs.append(f"{pkg}=={importlib.metadata.version(pkg).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+# ------------------------------------------------------------------------------------------------ single runs
+def log_single_run(tf, source: Path, final: dict) -> str:
+    """Record a finished ``ternsearch train`` run: one run linked to its sweep by
+    ``ternsearch.sweep_parent_run_id``; params = the flattened resolved config; per-epoch metrics from
+    ``<output>/history.jsonl``; final metrics (test_acc, test_loss, ...); the config file as an artifact.
+    Returns the run id.
+
+    Raises:
+        TrackingError: the store cannot be reached or used.
+    """
+    output = Path(final.get("output") or ".")
+    uri = default_tracking_uri(Path(tf.origin.results) if tf.origin.results else output, tf.tracking.uri)
+    experiment = tf.tracking.experiment or tf.name
+    check_reachable(uri)
+    try:
+        return _log_single_run(tf, Path(source), final, output, uri, experiment)
+    except TrackingError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"MLflow tracking store {_redact(uri)}: logging the run failed "
+                            f"({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def _read_history(path: Path) -> dict[int, dict]:
+    """Epoch -> metrics, the last line kept per epoch (a resumed run repeats the epochs after its checkpoint)."""
+    rows: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if "epoch" in row:
+                    rows[int(row["epoch"])] = row
+    return rows
+
+
+def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, experiment: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    _ensure_sqlite_dir(uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _get_or_create_experiment(client, uri, experiment)
+    origin = tf.origin
+    tags = {TAG["role"]: "train", "ternsearch.output": str(output.resolve()), "ternsearch.config_file":
+            str(source.resolve()), TAG["sweep_parent"]: origin.parent_run_id, "ternsearch.origin.sweep": origin.sweep,
+            "ternsearch.origin.results": origin.results, "ternsearch.origin.trial_id": origin.trial_id,
+            "ternsearch.origin.metric_value": origin.metric_value, **_common_tags()}
+    run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items() if v is not None},
+                            run_name=f"{tf.name} retrain" if origin.parent_run_id else tf.name)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        _log_batch(client, run_id, params=_params(flatten_config(tf.base_config().model_dump(mode="json"))))
+        history = _read_history(output / "history.jsonl")
+        for epoch, row in sorted(history.items()):
+            values = {k: v for k, v in row.items() if k not in _TUNE_KEYS and _is_number(v)}
+            _log_batch(client, run_id, metrics=_metrics(values, epoch))
+        last_epoch = max(history) if history else int(final.get("epoch") or 0)
+        logged = set(history.get(last_epoch, {}))
+        finals = {k: v for k, v in final.items()
+                  if _is_number(v) and k not in _TUNE_KEYS and (k not in logged or k.startswith("test_"))}
+        _log_batch(client, run_id, metrics=_metrics(finals, last_epoch))
+        if source.is_file():
+            client.log_artifact(run_id, str(source), "config")
+        if (output / "final_metrics.json").is_file():
+            client.log_artifact(run_id, str(output / "final_metrics.json"), "final")
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id
