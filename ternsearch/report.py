@@ -14,8 +14,7 @@ from typing import Any, Callable, Optional
 import pandas as pd
 
 from ternsearch.report_data import (PARAM_PREFIX, Results, learning_curves, layer_sparsity, load_results,
-                                    optimization_history, parallel_dimensions, sparsity_tradeoff, trial_label,
-                                    trial_table)
+                                    optimization_history, parallel_dimensions, sparsity_tradeoff, trial_table)
 from ternsearch.report_links import RunLinks, importances, mlflow_links
 
 __all__ = ["write_report", "write_tables", "render_report", "report_command", "FIGURES"]
@@ -148,7 +147,7 @@ def fig_sparsity(results: Results, table: pd.DataFrame):
     import plotly.graph_objects as go
 
     metric, s = results.metric, sparsity_tradeoff(table, results.metric, results.maximize)
-    title = f"Final {metric} vs ternary sparsity (fraction of zero weights); Pareto front marked"
+    title = f"Final {metric} vs ternary sparsity (fraction of zero weights); Pareto front of completed trials"
     if s.empty:
         return _empty(title, "no finished trial has reported ternary sparsity yet")
     fig = go.Figure()
@@ -201,8 +200,9 @@ FIGURES: list[tuple[str, str, str, Callable]] = [
      "explains (Optuna, over completed and ASHA-stopped trials).", fig_importance),
     ("fig-curves", "Learning curves", "Every trial's metric per epoch; ASHA-stopped trials end at their rung.",
      fig_curves),
-    ("fig-sparsity", "Accuracy vs sparsity", "Trials no other trial beats on both the metric and the share of "
-     "zero weights form the Pareto front.", fig_sparsity),
+    ("fig-sparsity", "Accuracy vs sparsity", "Completed trials no other completed trial beats on both the metric "
+     "and the share of zero weights form the Pareto front (stopped trials are shown at the epoch they reached).",
+     fig_sparsity),
     ("fig-layers", "Per-layer sparsity", "Fractions of -1, 0 and +1 weights in each ternary layer of the best "
      "trial at its last epoch.", fig_layers),
 ]

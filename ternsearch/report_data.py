@@ -215,13 +215,15 @@ def pareto_front(points: Sequence[Sequence[float]], maximize: Sequence[bool] = (
 
 def sparsity_tradeoff(table: pd.DataFrame, metric: str, maximize: bool) -> pd.DataFrame:
     """Finished trials' final metric against their final ternary sparsity, ``on_front`` marking the Pareto
-    front (better metric, more zeros)."""
+    front (better metric, more zeros) of the completed trials. An ASHA-stopped trial's numbers are from an
+    earlier epoch than the others': it is shown, never on the front."""
     col = f"final_{metric}"
     s = table[table["status"].isin(_FINISHED) & table[col].notna() & table["ternary_zero_frac"].notna()]
     s = s[["number", "trial", "status", "ternary_zero_frac", col]].rename(columns={col: "value"})
     s = s.reset_index(drop=True)
-    front = pareto_front(list(zip(s["ternary_zero_frac"], s["value"])), maximize=(True, maximize))
-    s["on_front"] = s.index.isin(front)
+    done = s[s["status"] == "completed"]
+    front = pareto_front(list(zip(done["ternary_zero_frac"], done["value"])), maximize=(True, maximize))
+    s["on_front"] = s.index.isin(done.index[front])
     return s
 
 

@@ -294,12 +294,14 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
                 summary["model_uri"] = _log_best(tracker, best, best_yaml)
         finally:
             tracker.close("FINISHED")
-    try:
-        from ternsearch.report import write_report
+            summary["tracking_unwritten"] = len(tracker.unwritten)
+    from ternsearch.report import write_report
 
+    try:
         summary["report"] = str(write_report(results_dir))
-    except ImportError:
-        pass
+    except Exception as exc:  # a report bug must not fail a finished sweep; `ternsearch report` can redo it
+        _say(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
+             f"retry with: ternsearch report {results_dir}")
     _say(f"best trial {best['trial_id']}: {spec.metric.name} = {summary['best_value']:.4f}")
     for k, v in sorted(best["config"].items()):
         _say(f"  {k}: {v}")

@@ -192,10 +192,10 @@ class MLflowTracker(WriteQueue, Callback):
         self._report_unwritten()
 
     # -------------------------------------------------------------------------------------------- trial runs
-    @staticmethod
-    def _trial_number(trial) -> Optional[int]:
-        tail = str(trial.trial_id).rsplit("_", 1)[-1]
-        return int(tail) if tail.isdigit() else None
+    def _trial_number(self, trial) -> Optional[int]:
+        # Tune's trial ids are random hex; the trial's place in Tune's list (creation order, kept across
+        # --resume) gives readable, stable numbers.
+        return self.__dict__.get("_numbers", {}).get(trial.trial_id)
 
     def _run_name(self, trial) -> str:
         number = self._trial_number(trial)
@@ -228,6 +228,8 @@ class MLflowTracker(WriteQueue, Callback):
         return [self._op("open", tid, tags=tags, run_name=self._run_name(trial), params=params)]
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        numbers = self.__dict__.setdefault("_numbers", {})
+        numbers[trial.trial_id] = next((i for i, t in enumerate(trials) if t is trial), len(numbers))
         self._guard(f"starting the run of trial {trial.trial_id}", self._start_trial, trial)
 
     def _start_trial(self, trial) -> None:
@@ -308,8 +310,12 @@ class MLflowTracker(WriteQueue, Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if trial.trial_id not in self._opened and not trial.has_reported_at_least_once:
             return  # a trial removed before it ever ran
-        self._guard(f"ending the run of trial {trial.trial_id}",
-                    lambda: self._end_trial(trial, "FINISHED", self._completion_status(trial)))
+        last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
+        if last.get("diverged"):  # ASHA may stop a trial on its divergence report before it raises
+            status = ("FAILED", f"failed: diverged at epoch {last.get('epoch')}")
+        else:
+            status = ("FINISHED", self._completion_status(trial))
+        self._guard(f"ending the run of trial {trial.trial_id}", lambda: self._end_trial(trial, *status))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._guard(f"ending the run of trial {trial.trial_id}",

@@ -242,3 +242,40 @@ def test_crafted_pickle_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="refused to load"):
         load_checkpoint(ckpt)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_resources_return_after_asha_stops_ddp_trials(tmp_path, data_root):
+    """More DDP trials than slots, ASHA stopping some: every trial runs, and afterwards Ray has all its CPUs
+    back (Ray Train V2 once leaked the placement groups of stopped trials)."""
+    import ray
+
+    from ternsearch.spec import load_spec
+    from ternsearch.sweep import run_sweep
+
+    path = tmp_path / "pg.yaml"
+    path.write_text(f"""\
+name: pg
+metric: {{name: val_acc, mode: max}}
+data: {{subset: 600, val_fraction: 0.2}}
+model: {{arch: tinynet}}
+train: {{epochs: 3, batch_size: 64, seed: 1}}
+search:
+  lr: {{choice: [0.2, 0.00001, 0.00002]}}
+searcher: {{algorithm: grid, seed: 0, num_samples: 3}}
+scheduler: {{algorithm: asha, grace_period: 1, reduction_factor: 2}}
+resources: {{workers_per_trial: 2, cpus_per_worker: 1}}
+storage: {{path: {tmp_path / 'results'}}}
+tracking: {{enabled: false}}
+""")
+    try:
+        summary = run_sweep(load_spec(path), quiet=True)
+        trials = json.loads((tmp_path / "results" / "pg" / "trials.json").read_text())
+        assert summary["trials"] == len(trials) == 3
+        assert all(t["status"] in ("completed", "stopped") for t in trials.values())
+        assert any(t["status"] == "stopped" for t in trials.values()), trials
+        total = ray.cluster_resources()["CPU"]
+        _wait(lambda: ray.available_resources().get("CPU", 0) == total, 60, "all CPUs released")
+    finally:
+        ray.shutdown()
