@@ -60,27 +60,66 @@ def loop_epoch(cfg: TrainConfig) -> float:
     return metrics["images_per_sec"]
 
 
-def plain_epoch(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Training images/s of one epoch of a plain PyTorch loop doing the same work."""
-    p = cfg.train
-    torch.set_num_threads(p.threads)
-    torch.manual_seed(p.seed)
-    model = build_model(cfg.model).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-    gen = torch.Generator().manual_seed(p.seed)
-    batches = x.shape[0] // p.batch_size
-    t0 = time.perf_counter()
-    perm = torch.randperm(x.shape[0], generator=gen)
-    model.train()
-    for b in range(batches):
-        idx = perm[b * p.batch_size:(b + 1) * p.batch_size]
-        xb = normalize(random_crop_flip(x[idx], gen), channels_last=True)
-        loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad(set_to_none=True)
+class PlainLoop:
+    """The plain PyTorch loop: same model, data, crop+flip and optimizer family; nothing else."""
+
+    def __init__(self, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor):
+        p = cfg.train
+        torch.set_num_threads(p.threads)
+        torch.manual_seed(p.seed)
+        self.model = build_model(cfg.model).to(memory_format=torch.channels_last).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=p.lr, momentum=p.momentum,
+                                   weight_decay=p.weight_decay)
+        self.gen = torch.Generator().manual_seed(p.seed)
+        self.x, self.y, self.bs = x, y, p.batch_size
+        self.batches = x.shape[0] // p.batch_size
+        self.perm = torch.randperm(x.shape[0], generator=self.gen)
+
+    def step(self, b: int) -> torch.Tensor:
+        idx = self.perm[(b % self.batches) * self.bs:(b % self.batches + 1) * self.bs]
+        xb = normalize(random_crop_flip(self.x[idx], self.gen), channels_last=True)
+        loss = F.cross_entropy(self.model(xb), self.y[idx])
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-    loss.detach().float().sum()  # no per-step sync; the last loss is touched once
-    return batches * p.batch_size / (time.perf_counter() - t0)
+        self.opt.step()
+        return loss.detach()  # no .item(): no per-step sync
+
+    def epoch(self) -> float:
+        """Training images/s of one epoch (timed like the loop's: the training pass only)."""
+        t0 = time.perf_counter()
+        for b in range(self.batches):
+            loss = self.step(b)
+        float(loss)  # one sync at the end
+        return self.batches * self.bs / (time.perf_counter() - t0)
+
+
+def plain_epoch(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> float:
+    return PlainLoop(cfg, x, y).epoch()
+
+
+def interleaved_steps(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+    """One epoch of the loop with a plain step run after each of its steps (from its ``on_batch`` hook).
+
+    Returns the seconds of each loop step (between two hook calls, the plain step excluded) and of each
+    plain step; the first step of each is dropped. Step by step, both see the same load.
+    """
+    plain = PlainLoop(cfg, x, y)
+    loop_s: list[float] = []
+    plain_s: list[float] = []
+    last: list[float] = []
+
+    def on_batch(epoch: int, b: int, batches: int) -> None:
+        now = time.perf_counter()
+        if last:
+            loop_s.append(now - last[0])
+        t0 = time.perf_counter()
+        plain.step(b)
+        if b:
+            plain_s.append(time.perf_counter() - t0)
+        last[:] = [time.perf_counter()]
+
+    run(cfg, None, on_batch=on_batch)
+    return loop_s, plain_s
 
 
 def train_flops_per_image(cfg: TrainConfig, batch: int) -> float:
@@ -108,7 +147,8 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=4000, help="images before the 10%% validation split")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="A/B pairs per model (medians are compared)")
+    ap.add_argument("--repeats", type=int, default=3, help="A/B epoch pairs per model (medians are compared)")
+    ap.add_argument("--no-steps", action="store_true", help="skip the step-interleaved comparison")
     ap.add_argument("--flops-per-cycle", type=float, default=32.0,
                     help="fp32 FLOPs per cycle per core for the nominal peak (32: two 256-bit FMA pipes)")
     a = ap.parse_args()
@@ -123,7 +163,7 @@ def main() -> None:
         x, y = split.train_x, split.train_y
         warm_up(cfg, x, y)
         runs: dict[str, list[float]] = {"loop": [], "plain": []}
-        print(f"{arch}:")
+        print(f"{arch}, whole epochs interleaved A (loop), B (plain), ...:")
         for i in range(a.repeats):
             for name in ("loop", "plain"):
                 ips = loop_epoch(cfg) if name == "loop" else plain_epoch(cfg, x, y)
@@ -134,7 +174,17 @@ def main() -> None:
         print(f"  median: loop {med['loop']:.1f} img/s, plain {med['plain']:.1f} img/s; "
               f"ratio loop/plain {med['loop'] / med['plain']:.3f} (target >= 0.95; per pair "
               f"{', '.join(f'{r:.3f}' for r in pairs)})  ({load()})")
-        step_seconds[arch] = {k: a.batch_size / v for k, v in med.items()}
+        step_seconds[arch] = {f"{k} (epochs)": a.batch_size / v for k, v in med.items()}
+        if not a.no_steps:
+            loop_s, plain_s = interleaved_steps(cfg, x, y)
+            ml, mp = statistics.median(loop_s), statistics.median(plain_s)
+            print(f"{arch}, step by step (a plain step after every loop step, one epoch, {len(loop_s)} steps each):")
+            print(f"  median step: loop {ml * 1e3:.1f} ms ({a.batch_size / ml:.1f} img/s), plain {mp * 1e3:.1f} ms "
+                  f"({a.batch_size / mp:.1f} img/s); ratio loop/plain {mp / ml:.3f} (target >= 0.95)  ({load()})")
+            print(f"  fastest step: loop {min(loop_s) * 1e3:.1f} ms, plain {min(plain_s) * 1e3:.1f} ms; "
+                  f"ratio {min(plain_s) / min(loop_s):.3f}")
+            step_seconds[arch].update({"loop (steps)": ml, "plain (steps)": mp})
+        sys.stdout.flush()
     if "resnet20" in step_seconds:
         cfg = config("resnet20", a)
         flops = train_flops_per_image(cfg, a.batch_size)
@@ -145,9 +195,10 @@ def main() -> None:
         for name, sec in step_seconds["resnet20"].items():
             rate = flops * a.batch_size / sec
             extra = f", {rate / peak:.1%} of a nominal {peak / 1e9:.0f} GFLOP/s peak" if peak else ""
-            print(f"  {name:<5}: {sec * 1e3:.0f} ms/step -> {rate / 1e9:.1f} GFLOP/s{extra}  ({load()})")
+            print(f"  {name:<13}: {sec * 1e3:5.0f} ms/step -> {rate / 1e9:5.1f} GFLOP/s{extra}  ({load()})")
         if peak:
-            print(f"  (nominal peak = {os.cpu_count()} cores x {mhz:.0f} MHz x {a.flops_per_cycle:g} FLOP/cycle)")
+            print(f"  (nominal peak = {os.cpu_count()} cores x {mhz:.0f} MHz x {a.flops_per_cycle:g} FLOP/cycle; "
+                  f"the load above takes its share of the cores)")
 
 
 def _cpu_mhz() -> float:

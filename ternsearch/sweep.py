@@ -244,7 +244,10 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
     meta_path.write_text(json.dumps(meta, indent=1))
     if not resume:
         shutil.copyfile(spec.file, results_dir / "spec.yaml")
-    callbacks = [SweepRecorder(str(results_dir), meta["params"]), SweepProgress(spec, plan, quiet=quiet)]
+    from ternsearch.tuner import ReleaseTrainResources
+
+    callbacks = [SweepRecorder(str(results_dir), meta["params"]), SweepProgress(spec, plan, quiet=quiet),
+                 ReleaseTrainResources()]
     if tracker is not None:
         callbacks.append(tracker)
     tuner = (restore_tuner(spec, plan, storage_path, callbacks) if resume

@@ -13,7 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ternsearch.space import DefineByRun, make_sampler
 from ternsearch.spec import SweepSpec
 
-__all__ = ["Plan", "make_plan", "trial_bundles", "build_tuner", "restore_tuner", "trial_setup"]
+__all__ = ["Plan", "ReleaseTrainResources", "make_plan", "trial_bundles", "build_tuner", "restore_tuner", "trial_setup"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,37 @@ def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any
         "keep_checkpoints": spec.failure.keep_checkpoints,
         "placement_strategy": "SPREAD" if spec.storage.shared else "PACK",
     }
+
+
+class ReleaseTrainResources(tune.Callback):
+    """Removes a DDP trial's Ray Train placement group when the trial ends, is stopped, or restarts.
+
+    When ASHA stops a trial, Tune kills the trial's process and with it the Train controller it owns; Train
+    V2 then relies on a detached cleaner actor that polls the State API, and that poll fails in some setups
+    (measured here: several Ray instances on one machine make it raise), leaving the workers' CPUs or GPUs
+    reserved forever and every later DDP trial waiting. The workers report their placement group id, and
+    the sweep driver, which outlives every trial, removes it.
+    """
+
+    def _release(self, trial) -> None:
+        pg_hex = (trial.last_result or {}).get("placement_group_id")
+        if not pg_hex:
+            return
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+        pg = PlacementGroup(PlacementGroupID.from_hex(pg_hex))
+        if placement_group_table(pg).get("state") not in (None, "REMOVED"):
+            remove_placement_group(pg)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._release(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._release(trial)
 
 
 class _Searcher(OptunaSearch):

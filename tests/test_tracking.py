@@ -103,7 +103,8 @@ def test_trial_runs_restarts_and_resume(tmp_path, store):
     assert [a.path for a in client.list_artifacts(parent, "spec")] == ["spec/spec.yaml"]
 
     trial = _trial("abc_00003", lr=0.123456, **{"model.quantizer": "twn"})
-    t.on_trial_start(0, [trial], trial)
+    earlier = [_trial(f"abc_0000{i}", lr=0.1) for i in range(3)]  # the run is numbered by its place in Tune's list
+    t.on_trial_start(0, earlier + [trial], trial)
     for r in (_result(1), _result(2), _result(2, val_acc=0.99), _result(3)):  # epoch 2 again: a restart
         t.on_trial_result(0, [trial], trial, r)
     run = client.get_run(t._runs["abc_00003"])
@@ -291,7 +292,7 @@ def test_outage_buffers_writes_and_writes_them_later(tmp_path, store, monkeypatc
     t0 = tq._now_ms()
     t.on_trial_result(0, [a], a, _result(2))
     t.on_trial_result(0, [a], a, _result(2, val_acc=0.9))  # a repeat after a restart, while down
-    t.on_trial_start(0, [b], b)  # its run cannot be created now
+    t.on_trial_start(0, [a, b], b)  # its run cannot be created now
     t.on_trial_result(0, [b], b, _result(1))
     t.on_trial_result(0, [a], a, _result(3))
     t.on_trial_complete(0, [a], a)

@@ -170,6 +170,9 @@ def worker_fn(loop_config: dict) -> None:
     nodes = [None] * ctx.get_world_size()
     dist.all_gather_object(nodes, node["node_id"])
     node["rank_node_ids"] = ",".join(nodes)
+    # The worker group's placement group: the sweep driver removes it when the trial ends, stops or restarts,
+    # because Train's own cleaner misses it when Tune kills a stopped trial (see ternsearch.tuner).
+    node["placement_group_id"] = ray.get_runtime_context().get_placement_group_id() or ""
 
     def send(metrics: dict, ckpt_dir: Optional[str]) -> None:
         metrics.update(node)
