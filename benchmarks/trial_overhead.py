@@ -79,7 +79,8 @@ def main() -> None:
     a = ap.parse_args()
     if not os.environ.get("TERNSEARCH_DATA"):
         sys.exit("set TERNSEARCH_DATA to the folder holding cifar-10-batches-bin/")
-    print(f"machine: {os.cpu_count()} CPUs; torch threads per trial = cpus_per_worker")
+    print(f"machine: {os.cpu_count()} CPUs; torch threads per trial = cpus_per_worker; "
+          f"load average {os.getloadavg()[0]:.2f} (other processes on the machine inflate every figure)")
     with tempfile.TemporaryDirectory(prefix="ternsearch-bench-") as d:
         tmp = Path(d)
         if not a.skip_startup:
@@ -104,6 +105,7 @@ def main() -> None:
             print(f"  ternsearch sweep (1 trial): {sweep_wall:6.1f} s (of which epochs {train_s:.1f} s)")
             print(f"  ternsearch train          : {train_wall:6.1f} s")
             print(f"  ratio sweep/train         : {sweep_wall / train_wall:6.3f}  (target <= 1.10)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,44 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 WORKER_OMP = "3"  # what the trial processes' environment says, before the trial sets its threads
 
 
+SPEC = """\
+name: threads
+metric: {{name: val_acc, mode: max}}
+data: {{subset: 200, val_fraction: 0.2}}
+model: {{arch: tinynet}}
+train: {{epochs: 1, batch_size: 32}}
+search:
+  lr: {{loguniform: [0.01, 0.1]}}
+searcher: {{algorithm: random, seed: 0, num_samples: 2, max_concurrent_trials: 2}}
+scheduler: {{algorithm: fifo}}
+resources: {{workers_per_trial: 1, cpus_per_worker: 1}}
+storage: {{path: {storage}}}
+tracking: {{enabled: false}}
+"""
+
+
+def test_sweep_trials_report_one_thread_each(tmp_path, data_root):
+    # First in the file: the sweep starts its own Ray, before the module's Ray below exists.
+    import trainables.loop
+
+    if "torch_threads" not in inspect.getsource(trainables.loop):
+        pytest.skip("the training loop does not report torch_threads in its epoch metrics yet")
+    spec = tmp_path / "threads.yaml"
+    spec.write_text(SPEC.format(storage=tmp_path / "results"))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["OMP_NUM_THREADS"] = WORKER_OMP  # the sweep's Ray passes it on to the trials (see ray_2cpu)
+    proc = subprocess.run([sys.executable, "-m", "ternsearch.cli", "sweep", str(spec), "-q"], cwd=tmp_path,
+                          env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = tmp_path / "results" / "threads"
+    trials = list(json.loads((results / "trials.json").read_text()).values())
+    rows = [json.loads(x) for x in (results / "history.jsonl").read_text().splitlines() if x.strip()]
+    assert len(trials) == 2 and len(rows) == 2
+    assert [r["torch_threads"] for r in rows] == [1, 1], rows
+    a, b = trials
+    assert max(a["started"], b["started"]) < min(a["ended"], b["ended"]), "the two trials did not overlap"
+
+
 def _trial(config: dict) -> None:
     """A Tune function trial: set threads as entry does, wait for its sibling, do torch work, report."""
     import torch
@@ -97,39 +135,3 @@ def test_a_trial_reserving_two_cpus_gets_two_threads(ray_2cpu):
     (m,) = _tune(ray_2cpu, "two-cpu", cpus=2, samples=1, preset_threads=1)
     assert m["omp_num_threads"] == WORKER_OMP, m
     assert m["torch_threads"] == 2, m
-
-
-SPEC = """\
-name: threads
-metric: {{name: val_acc, mode: max}}
-data: {{subset: 200, val_fraction: 0.2}}
-model: {{arch: tinynet}}
-train: {{epochs: 1, batch_size: 32}}
-search:
-  lr: {{loguniform: [0.01, 0.1]}}
-searcher: {{algorithm: random, seed: 0, num_samples: 2, max_concurrent_trials: 2}}
-scheduler: {{algorithm: fifo}}
-resources: {{workers_per_trial: 1, cpus_per_worker: 1}}
-storage: {{path: {storage}}}
-tracking: {{enabled: false}}
-"""
-
-
-def test_sweep_trials_report_one_thread_each(tmp_path, data_root):
-    import trainables.loop
-
-    if "torch_threads" not in inspect.getsource(trainables.loop):
-        pytest.skip("the training loop does not report torch_threads in its epoch metrics yet")
-    spec = tmp_path / "threads.yaml"
-    spec.write_text(SPEC.format(storage=tmp_path / "results"))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    proc = subprocess.run([sys.executable, "-m", "ternsearch.cli", "sweep", str(spec), "-q"], cwd=tmp_path,
-                          env=env, text=True, capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = tmp_path / "results" / "threads"
-    trials = list(json.loads((results / "trials.json").read_text()).values())
-    rows = [json.loads(x) for x in (results / "history.jsonl").read_text().splitlines() if x.strip()]
-    assert len(trials) == 2 and len(rows) == 2
-    assert [r["torch_threads"] for r in rows] == [1, 1], rows
-    a, b = trials
-    assert max(a["started"], b["started"]) < min(a["ended"], b["ended"]), "the two trials did not overlap"
