@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--plot", metavar="PATH", help="write a plotly HTML of best-so-far val_acc vs epochs")
     ap.add_argument("--bk-trials", type=int, default=200)
     ap.add_argument("--bk-reports", type=int, default=20)
-    ap.add_argument("--bk-concurrent", type=int, default=4, help="trivial trials at once (each is a process)")
+    ap.add_argument("--bk-concurrent", type=int, default=2, help="trivial trials at once (each is a process)")
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--skip-bookkeeping", action="store_true")
     a = ap.parse_args()

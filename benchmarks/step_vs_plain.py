@@ -9,9 +9,13 @@ momentum, channels_last, and no per-step ``.item()``. Both figures are *training
 loop is timed the same way). The runs are interleaved A, B, A, B, ... and the medians are compared, so a
 load spike from other processes hits both. Target: loop / plain >= 0.95.
 
+On a shared machine whole epochs still swing by +-30% with the neighbours' load, so the two are also
+interleaved step by step: one epoch of the loop runs a plain step from its ``on_batch`` hook after each of
+its own steps, and the median step times are compared (each step of A sits next to a step of B in time).
+
 Then the training FLOP/s of ResNet-20: the FLOPs of one forward + backward of a batch, counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls only; the optimizer, BatchNorm and the
-quantizer are not counted), divided by the measured time per training step of each loop.
+quantizer are not counted), divided by the measured time per training step of each loop (both ways of measuring it).
 
 Every figure is printed with the load average at the time it was taken (the machine may be shared).
 
