@@ -4,7 +4,8 @@ Runs N short trials (default 6 trials x 2 epochs, tinynet, subset 2000, FIFO, ra
 ``ternsearch sweep`` as a CLI subprocess with tracking on (the default SQLite MLflow store), and splits its
 wall time with the stamps the sweep leaves behind:
 
-- the CLI's own stderr, each line time-stamped as it arrives (the plan is printed right after ``ray.init``);
+- the CLI's own stderr, each line time-stamped as it arrives (the plan is printed right after ``ray.init``;
+  Optuna logs when the searcher is built, Tune prints a banner when ``fit()`` starts);
 - ``sweep.json`` ``started`` (the Tuner is about to be built) and the files' modification times
   (``best.yaml`` is written when Tune has returned, before the best model is logged to MLflow;
   ``trials.csv`` and ``report.html`` bracket the HTML report);
@@ -68,27 +69,42 @@ def bare_ray_init(cpus: int) -> tuple[float, float, float]:
     return tuple(float(x) for x in out[-3:])  # type: ignore[return-value]
 
 
-def run_cli(args: list[str], cwd: Path) -> tuple[float, float, list[tuple[float, str]], str]:
-    """Run the CLI; return (start unix, end unix, time-stamped stderr lines, stdout)."""
+def run_cli(args: list[str], cwd: Path) -> tuple[float, float, float, list[tuple[float, str]],
+                                                 list[tuple[float, str]]]:
+    """Run the CLI; return (start, process exit, pipes closed, time-stamped stderr lines, stdout lines).
+
+    Ray's daemons inherit the CLI's stdout/stderr, so the pipes may close well after the process exits.
+    """
     start = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "ternsearch.cli", *args], cwd=cwd, env=_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1)
-    lines: list[tuple[float, str]] = []
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
-    reader.start()
-    for line in proc.stderr:
-        lines.append((time.time(), line.rstrip("\n")))
+    err: list[tuple[float, str]] = []
+    out: list[tuple[float, str]] = []
+
+    def read(stream, into: list) -> None:
+        for line in stream:
+            into.append((time.time(), line.rstrip("\n")))
+
+    readers = [threading.Thread(target=read, args=(proc.stderr, err), daemon=True),
+               threading.Thread(target=read, args=(proc.stdout, out), daemon=True)]
+    for r in readers:
+        r.start()
     proc.wait()
     end = time.time()
-    reader.join()
+    for r in readers:
+        r.join(timeout=120)
+    closed = time.time()
     if proc.returncode != 0:
-        sys.exit(f"ternsearch {' '.join(args)} failed:\n" + "\n".join(x for _, x in lines[-60:]))
-    return start, end, lines, "".join(out)
+        sys.exit(f"ternsearch {' '.join(args)} failed:\n" + "\n".join(x for _, x in err[-60:]))
+    return start, end, closed, err, out
 
 
 def _first(lines: list[tuple[float, str]], prefix: str) -> float:
     return next(t for t, x in lines if x.startswith(prefix))
+
+
+def _maybe(lines: list[tuple[float, str]], text: str) -> float | None:
+    return next((t for t, x in lines if text in x), None)
 
 
 def main() -> None:
@@ -115,10 +131,11 @@ def main() -> None:
         spec.write_text(SPEC.format(name=name, subset=a.subset, arch=a.arch, epochs=a.epochs, trials=a.trials,
                                     cpus=a.cpus_per_trial, storage=tmp / "results"))
         load_before = load()
-        t_start, t_end, lines, stdout = run_cli(["sweep", str(spec), "-q"], tmp)
+        t_start, t_end, t_closed, lines, stdout = run_cli(["sweep", str(spec), "-q"], tmp)
         load_after = load()
         res = tmp / "results" / name
-        summary = json.loads(stdout)
+        summary = json.loads("\n".join(x for _, x in stdout))
+        t_summary = stdout[0][0]  # the summary JSON is the CLI's only stdout, printed as its last act
         meta = json.loads((res / "sweep.json").read_text())
         trials = list(json.loads((res / "trials.json").read_text()).values())
         history = [json.loads(x) for x in (res / "history.jsonl").read_text().splitlines() if x.strip()]
@@ -161,17 +178,26 @@ def main() -> None:
         row("CLI start -> plan printed (imports, checks, ray.init)", t_plan - t_start)
         row("plan -> sweep.json (plan checks)", t_meta - t_plan)
         row("sweep.json -> first trial started (MLflow parent run, Tuner, Tune)", t_first_trial - t_meta)
+        t_study = _maybe(lines, "A new study created")  # Optuna's log line: the searcher is being built
+        t_banner = _maybe(lines, "Configuration for experiment")  # Tune's banner: fit() has started
+        if t_study and t_banner and t_meta <= t_study <= t_banner <= t_first_trial:
+            row("  sweep.json -> searcher built (MLflow parent run, imports)", t_study - t_meta)
+            row("  searcher built -> Tune's banner (Tuner, fit() starts)", t_banner - t_study)
+            row("  Tune's banner -> first trial started (placement, trial actor)", t_first_trial - t_banner)
         row(f"trials phase (first trial start -> last trial end), {conc} slots:", t_last_end - t_first_trial)
         row(f"  training epochs (sum epoch_seconds {epochs_s:.1f} s / {conc})", train)
         row("  trial start -> loop entered (worker, imports, config)", start_to_loop / conc)
-        row("  loop entered -> first step (data split, model, optimizer)", (start_to_first - start_to_loop) / conc)
+        row("  loop entered -> first step (CIFAR-10 read + split, model, optimizer)",
+            (start_to_first - start_to_loop) / conc)
         row("  after the first step, outside epochs (checkpoints, reports, exit)", between / conc)
         row("  idle slots (waiting for a trial to be scheduled, tail)", (slot_seconds - busy) / conc)
         row("last trial end -> best.yaml (Tune wrap-up, fit() returns)", t_best_yaml - t_last_end)
         row("best.yaml -> report started (best model logged to MLflow)", t_report0 - t_best_yaml)
         row("report (trials.csv -> report.html)", t_report1 - t_report0)
-        row("report -> exit (summary, Ray shutdown)", t_end - t_report1)
-        print(f"  (the 'best trial' line came {t_best_line - t_report1:.1f} s after report.html)")
+        row("report -> summary printed", t_summary - t_report1)
+        row("summary printed -> process exit (interpreter shutdown: Ray, MLflow)", t_end - t_summary)
+        print(f"  (the 'best trial' line came {t_best_line - t_report1:.1f} s after report.html; the CLI's "
+              f"stdout/stderr pipes, inherited by Ray's daemons, closed {t_closed - t_end:.1f} s after it exited)")
         print(f"per trial: start -> first step {start_to_first / len(trials):.2f} s on average, "
               f"{n_epochs and epochs_s / n_epochs:.2f} s per epoch")
         print(f"NOT in training epochs: {1 - train / wall:.1%} of the sweep's wall time "

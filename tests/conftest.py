@@ -22,3 +22,16 @@ def data_root() -> Path:
     if not root or not Path(root).is_dir():
         pytest.fail("TERNSEARCH_DATA must name the folder holding cifar-10-batches-bin/ (see README)")
     return Path(root)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_uri(monkeypatch):
+    """No test sees another's MLflow tracking URI (``mlflow.set_tracking_uri`` also sets the environment)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)

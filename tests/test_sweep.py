@@ -95,7 +95,7 @@ def test_mlflow_parent_and_children(sweep):
         assert "ternary_zero_frac" in child.data.metrics
 
 
-def test_best_model_loads_and_predicts(sweep, data_root):
+def test_best_model_loads_and_predicts(sweep, data_root, monkeypatch):
     import mlflow.pytorch
     import torch
 
@@ -103,7 +103,7 @@ def test_best_model_loads_and_predicts(sweep, data_root):
     from trainables.data import load_cifar10
 
     _, summary, results = sweep
-    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{results / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(summary["model_uri"])
     x, y = load_cifar10(str(data_root), train=False)
     with torch.no_grad():
