@@ -305,6 +305,7 @@ def run(
             "epoch_seconds": time.perf_counter() - t0,
             "ternary_zero_frac": overall_zero_frac(model) if latent else 0.0,
             "world_size": world,
+            "torch_threads": torch.get_num_threads(),
             "shard_digest": shard_digest,
             # Wall-clock stamps of this process's run: start-up cost is what benchmarks/trial_overhead.py reads.
             "run_entered_unix": entered,
