@@ -160,7 +160,7 @@ def plot(path: str, curves: list[tuple[str, list[float]]]) -> None:
                                  line={"shape": "hv"}))
     fig.update_layout(title="Best val_acc so far vs epochs consumed", xaxis_title="epochs consumed (all trials)",
                       yaxis_title="best val_acc so far", template="plotly_white")
-    fig.write_html(path, include_plotlyjs="cdn")
+    fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
     print(f"plot: {path}")
 
 
@@ -215,9 +215,10 @@ def main() -> None:
                 print(f"  within {tol:.2f} of it after {near if near else 'never'}"
                       + (f" epochs = {near / len(cr):.3f} of random's" if near else ""))
             same = cr[min(len(ca), len(cr)) - 1]
+            back = epochs_to_reach(cr, ca[-1])
             print(f"  at ASHA+TPE's total budget ({len(ca)} epochs) random search's best so far was {same:.4f}; "
-                  f"random reached ASHA+TPE's best {ca[-1]:.4f} after "
-                  f"{epochs_to_reach(cr, ca[-1]) or 'never (in ' + str(len(cr)) + ')'} epochs")
+                  + (f"random reached ASHA+TPE's best {ca[-1]:.4f} after {back} epochs" if back else
+                     f"random never reached ASHA+TPE's best {ca[-1]:.4f} in its {len(cr)} epochs"))
             sys.stdout.flush()
         if len(a.seeds) > 1:
             finite = [r for r in ratios if r != float("inf")]

@@ -202,6 +202,7 @@ def main() -> None:
             print(f"  {name:<13}: {sec * 1e3:5.0f} ms/step -> {rate / 1e9:5.1f} GFLOP/s{extra}  ({load()})")
         if peak:
             print(f"  (nominal peak = {os.cpu_count()} cores x {mhz:.0f} MHz x {a.flops_per_cycle:g} FLOP/cycle; "
+                  f"/proc/cpuinfo's MHz is the base/TSC clock, and boost clocks raise the real peak; "
                   f"the load above takes its share of the cores)")
 
 

@@ -1,10 +1,11 @@
 """Concurrent trials share the cores instead of oversubscribing them: each trial's torch uses as many threads as
 its resources reserve (``trainables.entry._set_threads``), whatever Ray's OMP_NUM_THREADS says.
 
-The evidence comes from the trials themselves: a real local Ray with 2 CPUs, real Tune placement, and trial
-functions that set their threads the way ``entry`` does, then report ``torch.get_num_threads()`` and the
-window of time they ran in. A second test reads the same from a real ``ternsearch sweep`` once the training
-loop reports ``torch_threads`` in its epoch metrics.
+The evidence comes from the trials themselves: a real ``ternsearch sweep`` of two concurrent 1-CPU trials,
+whose training loop reports ``torch_threads`` in every epoch's metrics; and a real local Ray with 2 CPUs,
+real Tune placement, and trial functions that set their threads the way ``entry`` does, then report
+``torch.get_num_threads()`` and the window of time they ran in. The trials' environment says
+OMP_NUM_THREADS=3, so a count that merely followed Ray's or the environment's default would fail.
 """
 
 from __future__ import annotations
