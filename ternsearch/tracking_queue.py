@@ -95,6 +95,8 @@ class WriteQueue:
                     written += 1
                 except Exception as exc:  # noqa: BLE001
                     if is_transient(exc):
+                        if _may_have_arrived(exc):  # sent, but no answer: the store may hold it
+                            op["maybe_written"] = True
                         self._note_down(exc, time.monotonic() - t0)
                         return False
                     self._reject(op, exc)
@@ -187,13 +189,15 @@ class WriteQueue:
             key, kind = op["key"], op["kind"]
             entry = lost.setdefault(key, {
                 "trial_id": key, "run_id": self._runs.get(key) if key else self.parent_run_id,
-                "epochs": [], "metric_values": 0, "params": False, "tags": False, "end_status": None,
-                "reasons": []})
+                "epochs": [], "epochs_maybe_written": [], "metric_values": 0, "params": False, "tags": False,
+                "end_status": None, "reasons": []})
             if kind == "open":
                 entry["params"] = bool(op["params"])
             if kind == "log" and op.get("metrics"):
                 entry["epochs"].append(op["epoch"])
                 entry["metric_values"] += len(op["metrics"])
+                if op.get("maybe_written"):
+                    entry["epochs_maybe_written"].append(op["epoch"])
             if op.get("tags") or kind == "reopen":
                 entry["tags"] = True
             if kind == "end":
@@ -205,6 +209,7 @@ class WriteQueue:
         self.unwritten = list(lost.values())
         for entry in self.unwritten:
             entry["epochs"] = sorted(set(entry["epochs"]))
+            entry["epochs_maybe_written"] = sorted(set(entry["epochs_maybe_written"]))
             msg = f"MLflow tracking ({_redact(self.uri)}): not written: {describe_unwritten(entry)}"
             self.failures.append(msg)
             log.warning("%s", msg)
@@ -232,6 +237,14 @@ class WriteQueue:
         return True
 
 
+def _may_have_arrived(exc: BaseException) -> bool:
+    """Whether a failed request may have reached the store and been written: it timed out or the connection broke
+    after it was sent, as opposed to a connection that was never made (refused, unresolvable host)."""
+    reason = outage_reason(exc).lower()
+    return not any(word in reason for word in ("refused", "name or service", "no route", "name resolution",
+                                               "nodename", "network is unreachable"))
+
+
 class _NoRun(LookupError):
     """A write for a trial whose run could not be created (reported with that failure)."""
 
@@ -244,7 +257,10 @@ def describe_unwritten(entry: dict) -> str:
         who = f"trial {entry['trial_id']} (run {entry['run_id'] or 'not created'})"
     what = []
     if entry["epochs"]:
-        what.append(f"epochs {', '.join(map(str, entry['epochs']))} ({entry['metric_values']} metric values)")
+        maybe = entry.get("epochs_maybe_written") or []
+        what.append(f"epochs {', '.join(map(str, entry['epochs']))} ({entry['metric_values']} metric values)"
+                    + (f", of which {', '.join(map(str, maybe))} may be in the store (it stopped answering "
+                       "while writing them)" if maybe else ""))
     if entry["params"]:
         what.append("params")
     if entry["end_status"]:

@@ -14,7 +14,8 @@ import pytest
 from ray.tune.experiment import Trial
 
 from ternsearch.errors import TrackingError
-from ternsearch.tracking import MLflowTracker, default_tracking_uri, flatten_config, log_single_run
+from ternsearch.tracking import (MLflowTracker, default_tracking_uri, describe_unwritten, flatten_config,
+                                 log_single_run)
 
 FIXED = {"train.epochs": 4, "train.batch_size": 64, "model.arch": "tinynet", "model.quantizer": "twn"}
 
@@ -253,6 +254,7 @@ class _Outage:
 
     def __init__(self, client):
         self.client, self.down, self.reject, self.failed = client, False, set(), 0
+        self.lose_answer = set()  # methods whose next call is written but whose answer never comes (timeout)
 
     def __getattr__(self, name):
         from mlflow.exceptions import MlflowException, RestException
@@ -267,6 +269,11 @@ class _Outage:
             if name in self.reject:
                 self.reject.discard(name)
                 raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad value"})
+            if name in self.lose_answer:
+                self.lose_answer.discard(name)
+                attr(*args, **kwargs)
+                raise MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/runs/log-batch failed "
+                                      "with exception HTTPConnectionPool: Read timed out. (read timeout=2)")
             return attr(*args, **kwargs)
 
         return call if callable(attr) else attr
@@ -330,6 +337,29 @@ def test_outage_buffers_writes_and_writes_them_later(tmp_path, store, monkeypatc
     (entry,) = t.unwritten
     assert (entry["trial_id"], entry["run_id"], entry["epochs"]) == ("out_00001", run_b.info.run_id, [2])
     assert json.loads((tmp_path / "tracking_unwritten.json").read_text()) == t.unwritten
+
+
+def test_a_write_whose_answer_is_lost_is_reported_as_maybe_written(tmp_path, store, monkeypatch):
+    """The store took epoch 2 but its answer timed out, then it went down for good: epochs 2 and 3 are reported
+    unwritten, 2 flagged as possibly in the store (the tracker cannot know), 3 not."""
+    monkeypatch.setenv("TERNSEARCH_MLFLOW_FINAL_FLUSH_S", "0")
+    t = _tracker(tmp_path, store, "toy-maybe")
+    t.start()
+    fake = _outage(t)
+    a = _trial("maybe_00000", lr=0.1)
+    t.on_trial_start(0, [a], a)
+    t.on_trial_result(0, [a], a, _result(1))
+    fake.lose_answer = {"log_batch"}
+    t.on_trial_result(0, [a], a, _result(2))
+    fake.down = True
+    t._retry_at = 0.0
+    t.on_trial_result(0, [a], a, _result(3))
+    t.close("FINISHED")
+    entry = next(e for e in t.unwritten if e["trial_id"] == "maybe_00000")
+    assert (entry["epochs"], entry["epochs_maybe_written"]) == ([2, 3], [2])
+    assert "of which 2 may be in the store" in describe_unwritten(entry)
+    fake.down = False
+    assert [s for s, _ in _steps(_client(t), t._runs["maybe_00000"])] == [1, 2]
 
 
 def test_a_write_to_a_stopped_server_fails_in_a_moment(tmp_path, store, monkeypatch):

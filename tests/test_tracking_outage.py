@@ -221,12 +221,17 @@ def test_server_gone_for_good_reports_what_is_lost(tmp_path, server, data_root):
     by_trial = {e["trial_id"]: e for e in lost}
     assert set(by_trial) == {trial["trial_id"], None}, lost
     entry = by_trial[trial["trial_id"]]
-    assert entry["run_id"] and entry["epochs"] == missing and entry["end_status"] == "FINISHED (completed)"
+    # Exactly the missing epochs, except that one whose write got no answer (the server was killed, or the
+    # request timed out, after the store had it) is reported too, flagged as possibly in the store.
+    extra = set(entry["epochs"]) - set(missing)
+    assert set(missing) <= set(entry["epochs"]) and extra <= set(entry["epochs_maybe_written"]), entry
+    assert entry["run_id"] and entry["end_status"] == "FINISHED (completed)"
     assert by_trial[None]["end_status"].startswith("FINISHED")
     lines = [ln for ln in err.splitlines() if "not written:" in ln]
     assert len(lines) == 2, err[-4000:]
     print("\n" + "\n".join(lines))
-    assert f"trial {trial['trial_id']} (run {entry['run_id']}): epochs {', '.join(map(str, missing))} (" in lines[0]
+    assert f"trial {trial['trial_id']} (run {entry['run_id']}): epochs {', '.join(map(str, entry['epochs']))} (" \
+        in lines[0]
     # The best model cannot be registered without the store: one line, exit 1, after the loss report.
     assert code == 1 and err.strip().splitlines()[-1].startswith(f"MLflow tracking store {server.uri} is unreachable")
 
