@@ -37,3 +37,7 @@ class ResultsError(TernsearchError):
 
 class TrackingError(TernsearchError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class TrainingError(TernsearchError):
+    """A training run failed in a way a retry would repeat (it diverged, it ran out of memory)."""

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 from ray import tune
 
+from trainables.failures import failure_reason
+
 __all__ = ["SweepRecorder", "read_history", "read_trials", "trial_status", "HISTORY", "TRIALS", "SWEEP"]
 
 HISTORY = "history.jsonl"
@@ -35,8 +37,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 def trial_status(last: dict, errored: bool, error: str = "") -> tuple[str, str]:
     """(status, reason) of a finished trial from its last result."""
-    if last.get("diverged"):
-        return "failed", f"diverged at epoch {last.get('epoch')}"
+    failure = failure_reason(last)
+    if failure:
+        return "failed", failure
     if errored:
         return "failed", error or "error"
     if last.get("run_complete"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pandas as pd
+from trainables.failures import failure_reason
 
 from ternsearch.errors import SpecError
 from ternsearch.spec import Param
@@ -82,11 +83,11 @@ def trial_label(number: Any) -> str:
 
 
 def _epochs_of(results: Results) -> dict[str, list[dict]]:
-    """Each trial's per-epoch rows, without the marker row a diverged trial reports (its metric is a
+    """Each trial's per-epoch rows, without the marker row a failed trial reports (its metric is a
     sentinel worst value, not a measurement)."""
     rows: dict[str, list[dict]] = {tid: [] for tid in results.trials}
     for row in results.history:
-        if not row.get("diverged"):
+        if not failure_reason(row):
             rows[row["trial_id"]].append(row)
     for tid in rows:
         rows[tid].sort(key=lambda r: r.get("epoch", 0))
@@ -102,7 +103,7 @@ def trial_table(results: Results) -> pd.DataFrame:
     started = results.meta.get("started")
     for tid, t in results.trials.items():
         epochs = per_trial[tid]
-        last = epochs[-1] if epochs else ({} if t.get("last", {}).get("diverged") else t.get("last", {}))
+        last = epochs[-1] if epochs else ({} if failure_reason(t.get("last", {})) else t.get("last", {}))
         values = [(r[metric], r.get("epoch")) for r in epochs if _finite(r.get(metric))]
         best = (max if results.maximize else min)(values, key=lambda x: x[0]) if values else (None, None)
         ended = t.get("ended") or (epochs[-1].get("time") if epochs else None)

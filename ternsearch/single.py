@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ternsearch.errors import PreflightError, TernsearchError
+from ternsearch.errors import PreflightError, TernsearchError, TrainingError
 from ternsearch.spec import TrainFile
 
 __all__ = ["latest_checkpoint", "train_file"]
@@ -51,6 +51,7 @@ def train_file(
 ) -> dict[str, Any]:
     """Train the run ``tf`` describes; returns the final metrics (including test accuracy)."""
     from trainables.data import DataError, check_data
+    from trainables.failures import TrialFailure, cap_memory_from_env
     from trainables.loop import run
 
     cfg = tf.base_config()
@@ -85,8 +86,16 @@ def train_file(
         if bar:
             bar.epoch_done(metrics)
 
+    cap_memory_from_env()  # a test's simulated small machine; off unless set
     t0 = time.time()
-    final = run(cfg, report, resume_from=resume_from, on_batch=bar.batch if bar else None)
+    try:
+        final = run(cfg, report, resume_from=resume_from, on_batch=bar.batch if bar else None)
+    except TrialFailure as exc:
+        if bar:
+            bar.close()
+        kept = latest_checkpoint(out)
+        raise TrainingError(f"{source}: training failed: {exc}" + (
+            f" (checkpoints up to {kept.name} are in {ckpts})" if kept else "")) from None
     if bar:
         bar.close()
     test = evaluate_test(latest_checkpoint(out))

@@ -38,6 +38,8 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
+from trainables.failures import failure_reason
+
 from ternsearch.errors import TrackingError
 from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
                                   _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
@@ -311,8 +313,9 @@ class MLflowTracker(WriteQueue, Callback):
         if trial.trial_id not in self._opened and not trial.has_reported_at_least_once:
             return  # a trial removed before it ever ran
         last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
-        if last.get("diverged"):  # ASHA may stop a trial on its divergence report before it raises
-            status = ("FAILED", f"failed: diverged at epoch {last.get('epoch')}")
+        failure = failure_reason(last)
+        if failure:  # ASHA may stop a trial on its failure report (divergence, out of memory) before it raises
+            status = ("FAILED", f"failed: {failure}")
         else:
             status = ("FINISHED", self._completion_status(trial))
         self._guard(f"ending the run of trial {trial.trial_id}", lambda: self._end_trial(trial, *status))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import socket
 from typing import Any, Optional
 
+from trainables.failures import cap_memory_from_env
+
 __all__ = ["train_driver_fn", "worker_fn"]
 
 
@@ -55,7 +57,7 @@ def worst_value(metric: str, mode: str) -> float:
 def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
     """The newest usable checkpoint of ``paths`` (newest first), skipping corrupted ones with a warning.
 
-    Returns ``(path, manifest)``; a divergence marker is returned as it is (its manifest says so).
+    Returns ``(path, manifest)``; a failure marker is returned as it is (its manifest says so).
     """
     import warnings
 
@@ -64,7 +66,7 @@ def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
     for path in paths:
         try:
             manifest = read_manifest(path)
-            if not manifest.get("diverged"):
+            if not (manifest.get("diverged") or manifest.get("failed")):
                 load_checkpoint(path)
             return path, manifest
         except CheckpointError as exc:
@@ -73,32 +75,40 @@ def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
 
 
 def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> None:
-    """Resume from the newest usable checkpoint and run the loop; a divergence is reported, then raised.
+    """Resume from the newest usable checkpoint and run the loop; a ``TrialFailure`` is reported, then raised.
 
-    ``send(metrics, ckpt_dir)`` hands a result to Ray. A diverged run reports the worst metric value (so the
-    searcher learns from it) with a marker checkpoint; a retried trial finds the marker and fails at once
-    instead of diverging again from the same state.
+    ``send(metrics, ckpt_dir)`` hands a result to Ray. A run that fails in a way a retry would repeat (it
+    diverged, it ran out of memory) reports the worst metric value (so the searcher learns from it) with a
+    marker checkpoint; a retried trial finds the marker and fails at once instead of failing again the slow way.
     """
     import tempfile
 
     from trainables.checkpoint import save_checkpoint
-    from trainables.loop import DivergedError, run
+    from trainables.failures import DivergedError, OutOfMemoryError, TrialFailure
+    from trainables.loop import run
 
     path, manifest = _usable(candidates)
     if manifest and manifest.get("diverged"):
         raise DivergedError(manifest["epoch"], float("nan"))
+    if manifest and manifest.get("failed"):
+        raise (OutOfMemoryError if manifest.get("kind") == "OutOfMemoryError" else TrialFailure)(
+            manifest["failed"], manifest["epoch"])
     if manifest:
         # Report the resumed epoch again from the checkpoint's own record: a driver killed after the trial
         # saved this checkpoint may never have recorded the epoch. Receivers keep one value per epoch.
         send(dict(manifest.get("metrics", {}), replayed=True), None)
     try:
         run(cfg, send, resume_from=path)
-    except DivergedError as exc:
+    except TrialFailure as exc:
+        diverged = isinstance(exc, DivergedError)
         metrics = {"epoch": exc.epoch, cfg.metric.name: worst_value(cfg.metric.name, cfg.metric.mode),
-                   "diverged": True, "run_complete": True, "train_loss": exc.loss}
-        with tempfile.TemporaryDirectory(prefix="ternsearch-diverged-") as marker:
+                   "run_complete": True}
+        metrics.update({"diverged": True, "train_loss": exc.loss} if diverged else {"failed": exc.reason})
+        marker_manifest = {"epoch": exc.epoch, "reason": str(exc), "kind": type(exc).__name__}
+        marker_manifest.update({"diverged": True} if diverged else {"failed": exc.reason})
+        with tempfile.TemporaryDirectory(prefix="ternsearch-failed-") as marker:
             if world_rank == 0:
-                save_checkpoint(marker, {}, {"diverged": True, "epoch": exc.epoch, "reason": str(exc)})
+                save_checkpoint(marker, {}, marker_manifest)
             send(metrics, marker if world_rank == 0 else None)
         raise
 
@@ -132,6 +142,7 @@ def _run_function_trial(config: dict, setup: dict) -> None:
 
     cfg = _config(config, setup)
     _set_threads(setup["cpus_per_worker"])
+    cap_memory_from_env()  # a test's simulated small machine; off unless set
     node = _node_info()
 
     def send(metrics: dict, ckpt_dir: Optional[str]) -> None:
@@ -163,6 +174,7 @@ def worker_fn(loop_config: dict) -> None:
     _quiet_logs()
     cfg = _config(loop_config["config"], loop_config["setup"])
     _set_threads(loop_config["setup"]["cpus_per_worker"])
+    cap_memory_from_env()
     node = _node_info()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()

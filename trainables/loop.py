@@ -30,24 +30,20 @@ from trainables.augment import BatchAugment, normalize
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrainConfig
 from trainables.data import make_split
+from trainables.failures import DivergedError, OutOfMemoryError, TrialFailure, failure_reason
 from trainables.models import build_model
 from trainables.ternary import latent_weight_params, overall_zero_frac, ternary_stats
 
-__all__ = ["DivergedError", "Report", "evaluate", "model_from_checkpoint", "pick_device", "resolve_precision", "run"]
+__all__ = ["DivergedError", "OutOfMemoryError", "Report", "TrialFailure", "failure_reason", "evaluate", "model_from_checkpoint", "pick_device", "resolve_precision", "run"]
 
 Report = Callable[[dict[str, Any], Optional[str]], None]
 
 
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-    def __init__(self, epoch: int, loss: float):
-        super().__init__(f"diverged at epoch {epoch} (train_loss={loss})")
-        self.epoch = epoch
-        self.loss = loss
-
-    def __reduce__(self):  # picklable across Ray processes
-        return (DivergedError, (self.epoch, self.loss))
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def pick_device() -> torch.device:
@@ -194,10 +190,27 @@ def run(
 
     Raises:
         DivergedError: the training loss became NaN or infinite.
+        OutOfMemoryError: host or GPU memory ran out (building the model, training or evaluating).
     """
+    where: dict[str, Any] = {"epoch": 1, "device": device}  # what _run is at, for the message
+    try:
+        return _run(cfg, report, resume_from, device, on_batch, where)
+    except Exception as exc:  # noqa: BLE001 -- only memory exhaustion is translated, the rest re-raised
+        if not _is_out_of_memory(exc):
+            raise
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OutOfMemoryError(
+            f"out of memory in epoch {where['epoch']} at train.batch_size={cfg.train.batch_size} on "
+            f"{where['device'] or 'cpu'} ({detail}); lower train.batch_size or pick a smaller model",
+            where["epoch"]) from None
+
+
+def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_batch, where: dict) -> dict[str, Any]:
     entered = time.time()
     p = cfg.train
-    device = device or pick_device()
+    device = where["device"] = device or pick_device()
     if p.threads:
         torch.set_num_threads(p.threads)
     rank, world = _rank_world()
@@ -237,6 +250,7 @@ def run(
         scaler.load_state_dict(state["scaler"])
         stopper.load(state["early_stop"])
         start_epoch = int(state["epoch"]) + 1
+    where["epoch"] = start_epoch
 
     net: nn.Module = model
     if world > 1:
@@ -249,6 +263,7 @@ def run(
     first_step: Optional[float] = None
 
     for epoch in range(start_epoch, p.epochs + 1):
+        where["epoch"] = epoch
         t0 = time.perf_counter()
         torch.manual_seed(_seed(p.seed, epoch, rank, 0))  # torchvision v2 transforms draw from the global RNG
         order_gen = torch.Generator().manual_seed(_seed(p.seed, epoch, 0, 1))  # same permutation on all ranks
