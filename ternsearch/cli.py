@@ -62,6 +62,12 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return report_command(a)
 
 
+def _cmd_ui(a: argparse.Namespace) -> int:
+    from ternsearch.ui import ui_command
+
+    return ui_command(a)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ternsearch", description="Hyperparameter search for ternary networks.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -90,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_sweep)
 
     e = sub.add_parser("export", help="write the best trial as a standalone train config")
-    e.add_argument("results", help="a sweep's results directory")
+    e.add_argument("results", help="a sweep's results directory, or the sweep's spec file")
+    e.add_argument("--spec", help="refuse unless this spec file (as it is now) made the results")
     e.add_argument("-o", "--output", default="best.yaml")
     e.add_argument("--epochs", type=int, help="retrain for this many epochs")
     e.set_defaults(func=_cmd_export)
@@ -99,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("results", help="a sweep's results directory")
     r.add_argument("-o", "--output", help="HTML file (default: reports/NAME.html)")
     r.set_defaults(func=_cmd_report)
+
+    u = sub.add_parser("ui", help="the MLflow UI on a sweep's tracking store (listens on 127.0.0.1)")
+    u.add_argument("results", help="a sweep's results directory")
+    u.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=_cmd_ui)
     return p
 
 

@@ -67,7 +67,34 @@ def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = N
     return output
 
 
+def check_same_spec(results_dir: Path, meta: dict[str, Any], spec_file: Path) -> None:
+    """Refuse a results directory that another spec file (or another version of this one) made."""
+    from ternsearch.preflight import spec_digest
+
+    if meta.get("spec_sha256") != spec_digest(spec_file):
+        raise ResultsError(f"{results_dir}: made by another spec ({meta.get('spec_file')}), not by {spec_file} as it "
+                           "is now; give the spec that made it, or that spec's own results directory")
+
+
+def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
+    """The results directory ``export`` reads: ``source`` itself, or the one the sweep of spec file ``source``
+    writes. Given a spec (``source`` or ``spec_file``), the results must have been made by that very file."""
+    if source.is_file():
+        from ternsearch.preflight import resolve_storage
+        from ternsearch.spec import load_spec
+        from ternsearch.sweep import records_dir
+
+        spec = load_spec(str(source))
+        results, spec_file = records_dir(spec.name, resolve_storage(spec, None)), spec_file or source
+    else:
+        results = source
+    if spec_file is not None:
+        check_same_spec(results, load_results_meta(results), spec_file)
+    return results
+
+
 def export_command(a) -> int:
-    out = write_best_config(Path(a.results), Path(a.output), a.epochs)
+    results = results_of(Path(a.results), Path(a.spec) if a.spec else None)
+    out = write_best_config(results, Path(a.output), a.epochs)
     print(out)
     return 0

@@ -103,6 +103,17 @@ def _sqlite_path(uri: str) -> Optional[Path]:
     return Path(unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
 
 
+def without_credentials(uri: str) -> str:
+    """``uri`` without a user:password part (``http://u:p@host`` -> ``http://host``): what is written to
+    records and messages. MLflow reads credentials from MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN as well."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@", r"\1", str(uri)) if uri else uri
+
+
+def copy_redacted(src, dst) -> None:
+    """Copy a spec or train file into a results or run directory with its credentials masked."""
+    Path(dst).write_text(_redact(Path(src).read_text()))
+
+
 def _redact(text: str) -> str:
     """``text`` without credentials: user:password in URLs and the values of secret environment variables."""
     text = re.sub(r"(://)[^/@\s]+@", r"\1***@", str(text))

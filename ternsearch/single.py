@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ternsearch.errors import PreflightError, TernsearchError, TrainingError
+from ternsearch.mlflow_io import copy_redacted
 from ternsearch.spec import TrainFile
 
 __all__ = ["latest_checkpoint", "train_file"]
@@ -69,7 +70,8 @@ def train_file(
         if resume_from is None:
             raise PreflightError(f"{out}: no usable checkpoint to resume from (expected {ckpts}/epoch_NNNN)")
     ckpts.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, out / "config.yaml") if not resume else None
+    if not resume:
+        copy_redacted(source, out / "config.yaml")  # a tracking URI's user:password masked
     history_path = out / "history.jsonl"
 
     bar = _Progress(cfg.train.epochs) if progress else None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ternsearch.errors import PreflightError, ResultsError
+from ternsearch.mlflow_io import copy_redacted, without_credentials
 from ternsearch.preflight import check_environment, check_fits, local_resources, resolve_storage, spec_digest
 from ternsearch.records import SWEEP, read_trials
 from ternsearch.spec import SweepSpec, load_spec
@@ -166,8 +167,9 @@ def _check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
             raise ResultsError(f"{results_dir}: no sweep to resume here (no {SWEEP}); run without --resume")
         meta = json.loads(meta_path.read_text())
         if meta.get("spec_sha256") != spec_digest(spec_file):
-            raise ResultsError(f"{results_dir}: was made by another version of the spec ({meta.get('spec_file')}); "
-                               "resume needs the same file (or use another storage.path/name)")
+            raise ResultsError(f"{results_dir}: made by another spec ({meta.get('spec_file')}), not by {spec_file} "
+                               "as it is now; --resume needs the very file that started it (or change name: or "
+                               "storage.path to start a new sweep)")
     elif meta_path.exists():
         raise ResultsError(f"{results_dir}: a sweep named '{results_dir.name}' already exists there "
                            "(use --resume to continue it, or change name: / storage.path)")
@@ -209,7 +211,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1,
                storage=storage, tracking_uri=tracking_uri)
     _check_one_node(spec, plan, where)
-    _say(_describe_plan(spec, plan, str(results_dir), uri))
+    _say(_describe_plan(spec, plan, str(results_dir), without_credentials(uri)))
     if dry_run:
         return {"dry_run": True, "plan": plan.__dict__}
     return _execute(spec, plan, storage_path, results_dir, uri, resume=resume, quiet=quiet)
@@ -240,10 +242,11 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
         meta["parent_run_id"] = tracker.start()  # an unreachable store fails here, before any trial
         if resume:
             tracker.reconcile()
-    meta.update(tracking_uri=uri, experiment=spec.tracking.experiment or spec.name, mode_trial=plan.mode)
+    meta.update(tracking_uri=without_credentials(uri), experiment=spec.tracking.experiment or spec.name,
+                mode_trial=plan.mode)
     meta_path.write_text(json.dumps(meta, indent=1))
     if not resume:
-        shutil.copyfile(spec.file, results_dir / "spec.yaml")
+        copy_redacted(spec.file, results_dir / "spec.yaml")  # a tracking URI's user:password masked
     from ternsearch.tuner import ReleaseTrainResources
 
     callbacks = [SweepRecorder(str(results_dir), meta["params"]), SweepProgress(spec, plan, quiet=quiet),
@@ -308,9 +311,8 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
     _say(f"best trial {best['trial_id']}: {spec.metric.name} = {summary['best_value']:.4f}")
     for k, v in sorted(best["config"].items()):
         _say(f"  {k}: {v}")
-    _say(f"results: {results_dir}\nMLflow: {meta.get('tracking_uri')} (mlflow ui --backend-store-uri "
-         f"{meta.get('tracking_uri')} --host 127.0.0.1)\nbest config: {best_yaml} (retrain: ternsearch train "
-         f"{best_yaml})")
+    _say(f"results: {results_dir}\nMLflow: {meta.get('tracking_uri')} (open it: ternsearch ui {results_dir})\n"
+         f"best config: {best_yaml} (retrain: ternsearch train {best_yaml})")
     return summary
 
 

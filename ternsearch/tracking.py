@@ -44,7 +44,8 @@ from ternsearch.errors import TrackingError
 from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
                                   _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
                                   _pip_requirements, _quote, _redact, _search_all, _tags, _using_tracking_uri,
-                                  check_reachable, default_tracking_uri, flatten_config, log_single_run)
+                                  check_reachable, default_tracking_uri, flatten_config, log_single_run,
+                                  without_credentials)
 from ternsearch.tracking_queue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
 
 __all__ = ["MLflowTracker", "TAG", "UNWRITTEN_FILE", "check_reachable", "default_tracking_uri", "describe_unwritten",
@@ -57,6 +58,9 @@ _EXC_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exceptio
 
 
 # ------------------------------------------------------------------------------------------------ the callback
+_FULL_URIS: dict[str, str] = {}  # this process's tracking URIs with credentials, by their pickled form
+
+
 class MLflowTracker(WriteQueue, Callback):
     """Records a sweep in MLflow from the Tune driver: one parent run, one child run per trial.
 
@@ -95,12 +99,18 @@ class MLflowTracker(WriteQueue, Callback):
 
     # -------------------------------------------------------------------------------------------- plumbing
     def __getstate__(self) -> dict:
+        # Tune pickles callbacks into its experiment state on storage: no user:password of the URI in there.
+        # A copy made in this process (Tune deep-copies its config) gets it back from _FULL_URIS.
         state = self.__dict__.copy()
         state["_client_obj"] = None
+        state["uri"] = without_credentials(self.uri)
+        if state["uri"] != self.uri:
+            _FULL_URIS[state["uri"]] = self.uri
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.uri = _FULL_URIS.get(self.uri, self.uri)
 
     def _client(self):
         if self._client_obj is None:
@@ -154,8 +164,11 @@ class MLflowTracker(WriteQueue, Callback):
         run = client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
         run_id = run.info.run_id
         _log_batch(client, run_id, params=_params(self.fixed_params))
-        if Path(self.spec_file).is_file():
-            client.log_artifact(run_id, self.spec_file, "spec")
+        if Path(self.spec_file).is_file():  # with any credentials in it (a tracking URI's user:password) masked
+            with tempfile.TemporaryDirectory(prefix="ternsearch-spec-") as tmp:
+                copy = Path(tmp) / Path(self.spec_file).name
+                copy.write_text(_redact(Path(self.spec_file).read_text()))
+                client.log_artifact(run_id, str(copy), "spec")
         return run_id
 
     def _require_parent(self) -> str:

@@ -113,6 +113,15 @@ def process_names(root: int) -> dict[int, str]:
     return out
 
 
+def listening_addresses(root: int) -> set[tuple[str, int]]:
+    """(ip, port) of every TCP socket a process of ``root``'s tree listens on ("::"/"0.0.0.0": all interfaces)."""
+    import psutil
+
+    pids = process_tree(root)
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
 # ------------------------------------------------------------------------------------------------- Ray
 
 _NODES_SCRIPT = r"""

@@ -8,16 +8,19 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers_cluster import MLFLOW, free_ports, kill_tree
+from helpers_cluster import free_ports, kill_tree, listening_addresses
 from helpers_report import NAME, real_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.ray]
+
+LOOPBACK = "127.0.0.1"
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -86,18 +89,16 @@ def test_report_renders_every_plot_offline(sweep, browser):
 
 @pytest.fixture
 def mlflow_ui(sweep):
-    """``mlflow server`` on the sweep's own SQLite store, bound to 127.0.0.1; always stopped (its whole
-    process tree) at teardown."""
+    """``ternsearch ui`` on the sweep's results: ``mlflow server`` on its own SQLite store. Every port its
+    process tree listens on is on 127.0.0.1. Always stopped (its whole process tree) at teardown."""
     _, _, results = sweep
     port = free_ports(1)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner and its seven consumers on 2 cores
     log = results.parent / "mlflow-ui.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
-                                 f"sqlite:///{results / 'mlflow.db'}", "-w", "1"], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=results.parent,
-                                start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "ternsearch.cli", "ui", str(results), "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=results.parent, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 180
@@ -111,6 +112,9 @@ def mlflow_ui(sweep):
                 pass
             assert time.monotonic() < deadline, f"mlflow server not healthy after 180 s: {log}"
             time.sleep(0.5)
+        assert f"http://127.0.0.1:{port}" in log.read_text()
+        binds = listening_addresses(proc.pid)
+        assert (LOOPBACK, port) in binds and {ip for ip, _ in binds} == {LOOPBACK}, binds
         yield base
     finally:
         kill_tree(proc.pid, signal.SIGTERM, grace=5)

@@ -95,12 +95,14 @@ def server(tmp_path):
 
 
 def _start_sweep(tmp: Path, name: str, uri: str, *, epochs: int = 4, lrs: str = "[0.01, 0.05]", n: int = 2,
-                 final_wait_s: Optional[float] = None) -> tuple[subprocess.Popen, Path]:
+                 final_wait_s: Optional[float] = None, env_extra: Optional[dict] = None
+                 ) -> tuple[subprocess.Popen, Path]:
     spec = tmp / f"{name}.yaml"
     spec.write_text(SPEC.format(name=name, epochs=epochs, lrs=lrs, n=n, storage=tmp / "results", uri=uri))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     if final_wait_s is not None:
         env["TERNSEARCH_MLFLOW_FINAL_FLUSH_S"] = str(final_wait_s)
+    env.update(env_extra or {})
     proc = subprocess.Popen([sys.executable, "-m", "ternsearch.cli", "sweep", str(spec), "-q"], cwd=tmp, env=env,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     return proc, tmp / "results" / name
@@ -201,8 +203,13 @@ def test_server_killed_and_restarted_mid_sweep(tmp_path, server, data_root):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_server_gone_for_good_reports_what_is_lost(tmp_path, server, data_root):
-    """Cheaper: one trial of 3 epochs, the server never comes back, the end of the sweep waits 3 s for it."""
-    proc, results = _start_sweep(tmp_path, "gone", server.uri, epochs=3, lrs="[0.01]", n=1, final_wait_s=3)
+    """Cheaper: one trial of 3 epochs, the server never comes back, the end of the sweep waits 3 s for it.
+    The sweep has credentials, in the URI and in MLFLOW_TRACKING_PASSWORD (the server ignores them): neither is
+    printed, in its records or in the store, even in the error messages about the unreachable server."""
+    in_uri, in_env = "uri-secret-4f9e", "env-secret-7c1d"
+    uri = server.uri.replace("http://", f"http://alice:{in_uri}@")
+    proc, results = _start_sweep(tmp_path, "gone", uri, epochs=3, lrs="[0.01]", n=1, final_wait_s=3,
+                                 env_extra={"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": in_env})
     try:
         _wait_for(lambda: _stored_epochs(server.uri, "gone"), 300, "epoch 1 in MLflow", proc)
         server.kill()
@@ -233,7 +240,12 @@ def test_server_gone_for_good_reports_what_is_lost(tmp_path, server, data_root):
     assert f"trial {trial['trial_id']} (run {entry['run_id']}): epochs {', '.join(map(str, entry['epochs']))} (" \
         in lines[0]
     # The best model cannot be registered without the store: one line, exit 1, after the loss report.
-    assert code == 1 and err.strip().splitlines()[-1].startswith(f"MLflow tracking store {server.uri} is unreachable")
+    assert code == 1 and err.strip().splitlines()[-1].startswith(
+        f"MLflow tracking store {server.uri.replace('http://', 'http://***@')} is unreachable"), err[-2000:]
+    for secret in (in_uri, in_env):
+        assert secret not in out + err
+        for path in [*results.rglob("*"), *server.base.rglob("*")]:
+            assert not path.is_file() or secret.encode() not in path.read_bytes(), path
 
 
 def _stored_epochs(uri: str, experiment: str) -> list[int]:
