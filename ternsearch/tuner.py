@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
+from trainables.failures import failure_reason
 
 from ternsearch.space import DefineByRun, make_sampler
 from ternsearch.spec import SweepSpec
@@ -147,12 +148,16 @@ class ReleaseTrainResources(tune.Callback):
 
 
 class _Searcher(OptunaSearch):
-    """OptunaSearch that reports by our ``epoch`` (Tune's iteration restarts with a restarted trial) and tells
-    Optuna that trials ASHA stopped early were pruned, not completed."""
+    """OptunaSearch that reports by our ``epoch`` (Tune's iteration restarts with a restarted trial), tells
+    Optuna that trials ASHA stopped early were pruned, not completed, and that a trial which failed for good
+    (diverged, out of memory) completed with the worst value it reported, so TPE learns to avoid its region
+    (Tune tells the searcher of an errored trial without a result, which Optuna would record as FAIL and ignore)."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
             return
+        if failure_reason(result) and self.metric in result:
+            self.__dict__.setdefault("_failed", {})[trial_id] = {self.metric: result[self.metric], "run_complete": True}
         if self.metric in result and "epoch" in result and trial_id in self._ot_trials:
             seen = self.__dict__.setdefault("_reported", {}).setdefault(trial_id, set())
             epoch = int(result["epoch"])
@@ -161,6 +166,9 @@ class _Searcher(OptunaSearch):
                 self._ot_trials[trial_id].report(result[self.metric], epoch)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        failed = self.__dict__.get("_failed", {}).pop(trial_id, None)
+        if error and failed is not None:
+            result, error = failed, False
         if result and not error and not result.get("run_complete", True) and trial_id not in self._completed_trials:
             import optuna
 
