@@ -239,4 +239,16 @@ def test_make_split(data_root, train):
     tr, va = D.split_indices(train[1], 0.1, 2000, 5)
     assert torch.equal(split.val_x, train[0][va]) and torch.equal(split.train_y, train[1][tr])
     assert split.val_x.data_ptr() != train[0].data_ptr()  # a copy: the cached tensors stay untouched
+
+
+@pytest.mark.parametrize("val_fraction,subset,seed", [(0.2, 600, 0), (0.1, None, 3)])
+def test_make_split_from_memory_map_equals_full_read(data_root, train, val_fraction, subset, seed):
+    """The binary layout is split by reading only label bytes and the chosen rows of the memory-mapped files:
+    exactly the tensors (values, order, dtype, contiguity) of indexing the full load."""
+    cfg = DataConfig(root=str(data_root), val_fraction=val_fraction, subset=subset, split_seed=seed)
+    split = D.make_split(cfg)
+    tr, va = D.split_indices(train[1], val_fraction, subset, seed)
+    expected = (train[0][tr], train[1][tr], train[0][va], train[1][va])
+    for got, want in zip((split.train_x, split.train_y, split.val_x, split.val_y), expected):
+        assert got.dtype == want.dtype and got.is_contiguous() and torch.equal(got, want)
     assert os.environ.get("TERNSEARCH_DATA")  # conftest contract: tests take the data folder from the env

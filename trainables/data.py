@@ -365,6 +365,40 @@ class Split:
     val_y: Tensor
 
 
+def _bin_train_records(folder: Path) -> list[np.memmap]:
+    """The five training batch files, memory-mapped read-only as ``[10000, 3073]`` records (label, pixels)."""
+    maps = []
+    for name in BIN_TRAIN:
+        path = folder / BIN_DIR / name
+        size = path.stat().st_size
+        if size != BIN_FILE_BYTES:
+            raise DataError(f"{path} has {size} bytes, expected {BIN_FILE_BYTES}; {_HOW_TO_GET}")
+        maps.append(np.memmap(path, dtype=np.uint8, mode="r", shape=(_PER_FILE, _RECORD)))
+    return maps
+
+
+def _split_from_bin(folder: Path, cfg: DataConfig) -> Split:
+    """``make_split`` for the binary layout reading only the label bytes and the chosen images: the files are
+    memory-mapped, so the page cache shares them between all the trials of a node, and a run on a subset copies
+    just its rows instead of all 50,000 images. The same tensors as indexing the full load (tested)."""
+    maps = _bin_train_records(folder)
+    labels = torch.from_numpy(np.concatenate([m[:, 0] for m in maps]).astype(np.int64))
+    if int(labels.max()) >= len(CIFAR10_CLASSES):
+        raise DataError(f"{folder / BIN_DIR} has label bytes >= 10: not a CIFAR-10 binary file; {_HOW_TO_GET}")
+    train_idx, val_idx = split_indices(labels, cfg.val_fraction, cfg.subset, cfg.split_seed)
+
+    def images(idx: Tensor) -> Tensor:
+        idx_np = idx.numpy()
+        out = np.empty((len(idx_np), _RECORD - 1), dtype=np.uint8)
+        for f, records in enumerate(maps):
+            chosen = np.nonzero(idx_np // _PER_FILE == f)[0]
+            if len(chosen):
+                out[chosen] = records[idx_np[chosen] % _PER_FILE, 1:]
+        return torch.from_numpy(out.reshape(len(idx_np), 3, 32, 32))
+
+    return Split(images(train_idx), labels[train_idx], images(val_idx), labels[val_idx])
+
+
 def make_split(cfg: DataConfig) -> Split:
     """Load the training set and carve out the seeded, stratified validation split of ``cfg``.
 
@@ -377,6 +411,9 @@ def make_split(cfg: DataConfig) -> Split:
     Raises:
         DataError: See :func:`load_cifar10` and :func:`split_indices`.
     """
+    folder = _data_dir(cfg.root, cfg.download)
+    if folder is not None and _layout(folder.resolve()) == BIN_DIR:
+        return _split_from_bin(folder.resolve(), cfg)
     images, labels = load_cifar10(cfg.root, train=True, download=cfg.download)
     train_idx, val_idx = split_indices(labels, cfg.val_fraction, cfg.subset, cfg.split_seed)
     return Split(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
