@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -213,6 +214,13 @@ def _searcher_and_scheduler(spec: SweepSpec, plan: Plan):
     return search, scheduler
 
 
+def reuse_actors(plan: Plan) -> bool:
+    """Whether a finished trial's process runs the next trial: for function trials (one worker, all trials alike),
+    which then skip a Ray worker start and the torch import (see BENCHMARKS.md). TorchTrainer trials start their
+    own worker group anyway. ``TERNSEARCH_REUSE_ACTORS=0`` turns it off (benchmarks compare both)."""
+    return plan.mode == "function" and os.environ.get("TERNSEARCH_REUSE_ACTORS", "1") != "0"
+
+
 def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list) -> tune.Tuner:
     """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``."""
     search, scheduler = _searcher_and_scheduler(spec, plan)
@@ -223,6 +231,7 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list)
             num_samples=spec.searcher.num_samples, max_concurrent_trials=plan.max_concurrent,
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+            reuse_actors=reuse_actors(plan),
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=f"{storage_path.rstrip('/')}/{spec.name}", callbacks=callbacks, verbose=0,
