@@ -92,8 +92,17 @@ def _final(results: Path) -> dict:
 @pytest.mark.ray
 def test_killed_trial_process_resumes_to_the_same_result(tmp_path, data_root):
     """SIGKILL the trial's training process mid-epoch: the trial restarts from its latest checkpoint and ends
-    with exactly the metrics and weights of an uninterrupted run; MLflow keeps one value per epoch."""
-    clean = _run(_spec(tmp_path, "clean"))
+    with exactly the metrics and weights of an uninterrupted run (the same config by `ternsearch train`, in its
+    own process with the trial's one thread); MLflow keeps one value per epoch."""
+    import yaml
+
+    doc = yaml.safe_load(_spec(tmp_path, "clean").read_text())
+    clean_cfg = tmp_path / "clean-train.yaml"
+    clean_cfg.write_text(yaml.safe_dump({"name": "clean", "data": doc["data"], "model": doc["model"],
+                                         "train": {**doc["train"], "lr": 0.001, "threads": 1}}))
+    clean = subprocess.run([sys.executable, "-m", "ternsearch.cli", "train", str(clean_cfg), "-q", "-o",
+                            str(tmp_path / "clean-run")], cwd=tmp_path, env=_env(), text=True, capture_output=True,
+                           timeout=600)
     assert clean.returncode == 0, clean.stderr[-3000:]
 
     spec = _spec(tmp_path, "killed")
@@ -109,11 +118,11 @@ def test_killed_trial_process_resumes_to_the_same_result(tmp_path, data_root):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
 
-    a, b = _final(tmp_path / "results" / "clean"), _final(results)
+    a, b = json.loads(clean.stdout), _final(results)
     assert b["status"] == "completed" and b["restarts"] >= 1
     for key in ("val_acc", "val_loss", "train_loss", "train_acc", "ternary_zero_frac", "epoch"):
-        assert a["last"][key] == b["last"][key], key
-    wa, _ = load_checkpoint(a["checkpoint"])
+        assert a[key] == b["last"][key], key
+    wa, _ = load_checkpoint(tmp_path / "clean-run" / "checkpoints" / "epoch_0004")
     wb, _ = load_checkpoint(b["checkpoint"])
     assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
     pids = {h["pid"] for h in _history(results)}

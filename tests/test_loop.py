@@ -13,11 +13,11 @@ from trainables.config import TrainConfig
 from trainables.loop import DivergedError, model_from_checkpoint, resolve_precision, run
 
 
-def _cfg(**train) -> TrainConfig:
+def _cfg(model: dict | None = None, **train) -> TrainConfig:
     base = {"epochs": 3, "batch_size": 64, "lr": 0.05, "seed": 3, "threads": 2}
     base.update(train)
     return TrainConfig.model_validate(
-        {"data": {"subset": 640, "val_fraction": 0.2}, "model": {"arch": "tinynet"}, "train": base}
+        {"data": {"subset": 640, "val_fraction": 0.2}, "model": {"arch": "tinynet", **(model or {})}, "train": base}
     )
 
 
@@ -39,9 +39,10 @@ def _flat(m):
     return {k: v for k, v in m.items() if k not in ("images_per_sec", "epoch_seconds") and not k.endswith("_unix")}
 
 
-@pytest.mark.parametrize("augment", ["standard", "mixup"])
-def test_resume_is_exact(tmp_path, data_root, augment):
-    cfg = _cfg(augment=augment, schedule="onecycle", warmup_epochs=1, label_smoothing=0.1, early_stop_patience=5)
+@pytest.mark.parametrize("augment,quantizer", [("standard", "twn"), ("mixup", "twn"), ("standard", "ttq")])
+def test_resume_is_exact(tmp_path, data_root, augment, quantizer):
+    cfg = _cfg({"quantizer": quantizer}, augment=augment, schedule="onecycle", warmup_epochs=1, label_smoothing=0.1,
+               early_stop_patience=5)
     straight = _Keep(tmp_path / "a")
     run(cfg, straight)
     first = _Keep(tmp_path / "b")

@@ -11,6 +11,7 @@ from trainables import config
 from trainables.ternary import (
     QUANTIZERS,
     TernaryConv2d,
+    TTQQuantizer,
     TernaryLinear,
     latent_weight_params,
     overall_zero_frac,
@@ -159,9 +160,78 @@ def test_unknown_layer_name_is_value_error() -> None:
 
 
 def test_unknown_quantizer_is_value_error() -> None:
-    with pytest.raises(ValueError, match="'ttq'"):
-        ternarize(Tiny(), quantizer="ttq")
+    with pytest.raises(ValueError, match="'xnor'"):
+        ternarize(Tiny(), quantizer="xnor")
 
 
 def test_registry_matches_config() -> None:
     assert set(QUANTIZERS) | {"none"} == set(config.QUANTIZERS)
+
+
+# ------------------------------------------------------------------------------------------------------ TTQ
+def test_ttq_forward_values_and_initial_scales() -> None:
+    torch.manual_seed(0)
+    conv = TernaryConv2d(8, 16, 3, quantizer="ttq", quantizer_options={"threshold": 0.1})
+    conv.quantizer.init_from(conv.weight)
+    w = conv.weight.detach()
+    delta = 0.1 * w.abs().max()
+    wp, wn = conv.quantizer.wp.item(), conv.quantizer.wn.item()
+    assert wp == pytest.approx(w[w > delta].mean().item()) and wn == pytest.approx(-w[w < -delta].mean().item())
+    with torch.no_grad():
+        conv.quantizer.wp.fill_(0.3)
+        conv.quantizer.wn.fill_(0.7)  # asymmetric on purpose
+    q = conv.quantized_weight().detach()
+    expected = torch.where(w > delta, 0.3, torch.where(w < -delta, -0.7, 0.0))
+    assert torch.equal(q, expected.to(q.dtype)) and (q > 0).any() and (q < 0).any() and (q == 0).any()
+
+
+def test_ttq_gradients_follow_the_paper() -> None:
+    """dL/dWp = sum of dL/dq over the positive support, dL/dWn = -sum over the negative one; the latent
+    gradient is dL/dq scaled by Wp / 1 / Wn on the positive support / zero band / negative support."""
+    torch.manual_seed(1)
+    conv = TernaryConv2d(4, 4, 3, quantizer="ttq")
+    with torch.no_grad():
+        conv.quantizer.wp.fill_(0.5)
+        conv.quantizer.wn.fill_(2.0)
+    q = conv.quantized_weight()
+    g = torch.randn_like(q)
+    (q * g).sum().backward()
+    w = conv.weight.detach()
+    delta = 0.05 * w.abs().max()
+    pos, neg = w > delta, w < -delta
+    assert conv.quantizer.wp.grad.item() == pytest.approx(g[pos].sum().item(), rel=1e-5)
+    assert conv.quantizer.wn.grad.item() == pytest.approx(-g[neg].sum().item(), rel=1e-5)
+    expected = torch.where(pos, 0.5 * g, torch.where(neg, 2.0 * g, g))
+    assert torch.allclose(conv.weight.grad, expected)
+
+
+def test_ttq_scales_learn_in_a_model() -> None:
+    """A few SGD steps of a ternarized model on a fixed batch: the loss falls and both scales of every TTQ layer
+    move away from where they started (they are trained, in the optimizer's no-decay group)."""
+    from trainables import optim
+    from trainables.config import TrainConfig
+    from trainables.models import build_model
+
+    cfg = TrainConfig.model_validate({"model": {"arch": "tinynet", "quantizer": "ttq", "ttq_threshold": 0.05},
+                                      "train": {"lr": 0.05, "weight_decay": 5e-4}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    layers = [m for _, m in ternary_modules(model)]
+    assert layers and all(isinstance(m.quantizer, TTQQuantizer) for m in layers)
+    start = [(m.quantizer.wp.item(), m.quantizer.wn.item()) for m in layers]
+    groups = optim.param_groups(model, cfg.train, latent_weight_params(model))
+    no_decay = next(g for g in groups if g["name"] == "no_decay")["params"]
+    assert all(any(p is m.quantizer.wp for p in no_decay) for m in layers)
+    opt = optim.build_optimizer(groups, cfg.train, torch.device("cpu"))
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for m, (wp0, wn0) in zip(layers, start):
+        assert m.quantizer.wp.item() != wp0 and m.quantizer.wn.item() != wn0
+        assert set(m.quantized_weight().detach().unique().tolist()) <= {0.0, m.quantizer.wp.item(), -m.quantizer.wn.item()}

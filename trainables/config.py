@@ -29,7 +29,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "none")
 AUGMENTS = ("none", "standard", "cutmix", "mixup", "autoaugment", "randaugment")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-QUANTIZERS = ("twn", "none")
+QUANTIZERS = ("twn", "ttq", "none")
 
 # Metrics that every epoch report carries (see trainables.loop); a spec's metric must be one of these.
 REPORTED_METRICS = (
@@ -75,6 +75,7 @@ class ModelConfig(_Strict):
 
     arch: str = "resnet20"
     quantizer: Literal[QUANTIZERS] = "twn"  # type: ignore[valid-type]
+    ttq_threshold: float = Field(0.05, gt=0.0, lt=1.0)  # TTQ: delta = ttq_threshold * max|W| (ignored otherwise)
     full_precision_layers: tuple[str, ...] = ("stem", "head")
 
     @field_validator("arch")

@@ -57,7 +57,8 @@ def build_model(cfg: ModelConfig, num_classes: int = 10) -> nn.Module:
         raise ValueError(f"unknown model {cfg.arch!r} (choose from: {', '.join(model_names())})")
     model = _REGISTRY[cfg.arch](num_classes)
     # ternarize validates full_precision_layers even for "none", so a typo fails the fp32 baseline as well.
-    return ternarize(model, cfg.quantizer, cfg.full_precision_layers)
+    options = {"threshold": cfg.ttq_threshold} if cfg.quantizer == "ttq" else None
+    return ternarize(model, cfg.quantizer, cfg.full_precision_layers, options)
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:

@@ -1,4 +1,4 @@
-"""Ternary-weight layers (TWN, Li & Liu 2016) and the helpers that put them into a model.
+"""Ternary-weight layers (TWN, Li & Liu 2016; TTQ, Zhu et al. 2017) and the helpers that put them into a model.
 
 Each ternary layer keeps latent full-precision weights ``W`` (the ``.weight`` Parameter the optimizer updates)
 and computes its forward pass with ``a * T``, ``T`` in {-1, 0, +1}. Gradients flow back to ``W`` through a
@@ -12,7 +12,7 @@ use in forward, differentiable w.r.t. ``w`` (and w.r.t. its own parameters, if i
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "QUANTIZERS",
+    "TTQQuantizer",
     "TWNQuantizer",
     "TernaryConv2d",
     "TernaryLinear",
@@ -88,8 +89,71 @@ class TWNQuantizer(nn.Module):
         return _TWNSTE.apply(w)
 
 
+# TTQ's threshold factor t: delta = t * max|W| (Zhu et al. 2017 use t = 0.05 for CIFAR-10 ResNets).
+TTQ_THRESHOLD = 0.05
+
+
+class _TTQFunction(torch.autograd.Function):
+    """Forward: +Wp where W > delta, -Wn where W < -delta, 0 elsewhere (delta = t * max|W|).
+
+    Backward (TTQ eq. 7-8): dL/dWp = sum of dL/dq over the positive support, dL/dWn = -sum over the negative
+    support; the latent weights get dL/dq scaled by Wp on the positive support, by Wn on the negative one and
+    by 1 on the zero band (the paper's straight-through estimator with learned scales).
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, wp: torch.Tensor, wn: torch.Tensor, t: float) -> torch.Tensor:  # noqa: D102
+        with torch.no_grad():
+            delta = t * w.detach().abs().amax()
+            pos = w > delta
+            neg = w < -delta
+            q = pos.to(w.dtype) * wp.to(w.dtype) - neg.to(w.dtype) * wn.to(w.dtype)
+        ctx.save_for_backward(pos, neg, wp, wn)
+        return q
+
+    @staticmethod
+    def backward(ctx, grad_q: torch.Tensor):  # noqa: D102
+        pos, neg, wp, wn = ctx.saved_tensors
+        acc = torch.promote_types(grad_q.dtype, torch.float32)
+        grad_wp = (grad_q * pos).sum(dtype=acc).to(wp.dtype)
+        grad_wn = -(grad_q * neg).sum(dtype=acc).to(wn.dtype)
+        scale = torch.where(pos, wp.to(grad_q.dtype), torch.where(neg, wn.to(grad_q.dtype), grad_q.new_ones(())))
+        return grad_q * scale, grad_wp, grad_wn, None
+
+
+class TTQQuantizer(nn.Module):
+    """Trained Ternary Quantization: learned positive and negative scales per layer (``wp``, ``wn``) and the
+    threshold ``t * max|W|`` (``t``: ``model.ttq_threshold``, searchable).
+
+    The scales start at the mean magnitude of the latent weights above / below the threshold when the layer is
+    converted (``init_from``), and are trained like BatchNorm parameters (the optimizer's no-decay group).
+    """
+
+    def __init__(self, threshold: float = TTQ_THRESHOLD) -> None:
+        super().__init__()
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"TTQ threshold must be in (0, 1), got {threshold}")
+        self.threshold = float(threshold)
+        self.wp = nn.Parameter(torch.tensor(1.0))
+        self.wn = nn.Parameter(torch.tensor(1.0))
+
+    @torch.no_grad()
+    def init_from(self, w: torch.Tensor) -> None:
+        """Set the scales to the mean |W| of the weights each one will stand for."""
+        delta = self.threshold * w.abs().amax()
+        for scale, kept in ((self.wp, w[w > delta]), (self.wn, -w[w < -delta])):
+            scale.fill_(float(kept.mean()) if kept.numel() else float(delta))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """Return the ternary weight ``{-wn, 0, +wp}`` for the latent weights ``w``."""
+        return _TTQFunction.apply(w, self.wp, self.wn, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
 # name -> quantizer class (built once per layer). "none" means no conversion (see ``ternarize``).
-QUANTIZERS: dict[str, type[nn.Module]] = {"twn": TWNQuantizer}
+QUANTIZERS: dict[str, type[nn.Module]] = {"twn": TWNQuantizer, "ttq": TTQQuantizer}
 
 
 class _TernaryMixin:
@@ -99,10 +163,10 @@ class _TernaryMixin:
     quantizer: nn.Module
     quantize: bool
 
-    def _init_ternary(self, quantizer: str) -> None:
+    def _init_ternary(self, quantizer: str, options: Optional[dict] = None) -> None:
         if quantizer not in QUANTIZERS:
             raise ValueError(f"unknown quantizer {quantizer!r} (choose from: {', '.join(sorted(QUANTIZERS))})")
-        self.quantizer = QUANTIZERS[quantizer]()
+        self.quantizer = QUANTIZERS[quantizer](**(options or {}))
         self.quantizer_name = quantizer
         # False runs this layer at full precision (progressive quantization switches layers on over time).
         self.quantize = True
@@ -142,9 +206,9 @@ class _TernaryMixin:
 class TernaryConv2d(_TernaryMixin, nn.Conv2d):
     """``nn.Conv2d`` whose forward uses ternary weights. Takes Conv2d's arguments plus ``quantizer``."""
 
-    def __init__(self, *args, quantizer: str = "twn", **kwargs) -> None:
+    def __init__(self, *args, quantizer: str = "twn", quantizer_options: Optional[dict] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_ternary(quantizer)
+        self._init_ternary(quantizer, quantizer_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
@@ -153,15 +217,15 @@ class TernaryConv2d(_TernaryMixin, nn.Conv2d):
 class TernaryLinear(_TernaryMixin, nn.Linear):
     """``nn.Linear`` whose forward uses ternary weights. Takes Linear's arguments plus ``quantizer``."""
 
-    def __init__(self, *args, quantizer: str = "twn", **kwargs) -> None:
+    def __init__(self, *args, quantizer: str = "twn", quantizer_options: Optional[dict] = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._init_ternary(quantizer)
+        self._init_ternary(quantizer, quantizer_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
 
 
-def _convert(module: nn.Module, quantizer: str) -> nn.Module:
+def _convert(module: nn.Module, quantizer: str, options: Optional[dict] = None) -> nn.Module:
     """A ternary twin of ``module`` that takes over its Parameters (same tensors: device, dtype, layout)."""
     # Build on the meta device (no allocation, no wasted init), then adopt the original Parameters. Adopting
     # rather than copying keeps memory format and requires_grad, and costs nothing for an 11M-param model.
@@ -178,15 +242,18 @@ def _convert(module: nn.Module, quantizer: str) -> nn.Module:
             padding_mode=module.padding_mode,
             device="meta",
             quantizer=quantizer,
+            quantizer_options=options,
         )
     else:
         new = TernaryLinear(
             module.in_features, module.out_features, bias=module.bias is not None, device="meta",
-            quantizer=quantizer,
+            quantizer=quantizer, quantizer_options=options,
         )
     new.weight = module.weight
     new.bias = module.bias
     new.quantizer.to(module.weight.device)  # a quantizer with parameters (TTQ's scales) follows the weight
+    if hasattr(new.quantizer, "init_from"):
+        new.quantizer.init_from(new.weight)
     new.train(module.training)
     return new
 
@@ -211,7 +278,8 @@ def _resolve_full_precision(model: nn.Module, names: Iterable[str]) -> list[str]
 
 
 def ternarize(
-    model: nn.Module, quantizer: str = "twn", full_precision_layers: Iterable[str] = ("stem", "head")
+    model: nn.Module, quantizer: str = "twn", full_precision_layers: Iterable[str] = ("stem", "head"),
+    quantizer_options: Optional[dict] = None,
 ) -> nn.Module:
     """Replace, in place, every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` by its ternary version.
 
@@ -221,6 +289,7 @@ def ternarize(
     Args:
         model: the network; may define a class attribute ``layer_roles = {"stem": "conv1", "head": "fc"}``.
         quantizer: a key of ``QUANTIZERS``, or ``"none"`` to leave the model untouched.
+        quantizer_options: keyword arguments of the quantizer class (TTQ: ``threshold``).
         full_precision_layers: layers kept at full precision, each a role from ``model.layer_roles`` or a
             qualified module name (``"layer1.0.conv1"``); naming a container keeps everything inside it.
 
@@ -248,7 +317,7 @@ def ternarize(
     for name in targets:  # replace after iterating: named_modules must not see a changing tree
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, _convert(getattr(parent, child), quantizer))
+        setattr(parent, child, _convert(getattr(parent, child), quantizer, quantizer_options))
     return model
 
 
