@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write the best trial as a standalone train config")
     e.add_argument("results", help="a sweep's results directory, or the sweep's spec file")
     e.add_argument("--spec", help="refuse unless this spec file (as it is now) made the results")
+    e.add_argument("--packed", metavar="FILE", help="also write the best model packed at 2 bits a weight (.tern)")
     e.add_argument("-o", "--output", default="best.yaml")
     e.add_argument("--epochs", type=int, help="retrain for this many epochs")
     e.set_defaults(func=_cmd_export)

@@ -93,8 +93,39 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
     return results
 
 
+def write_packed(results_dir: Path, output: Path) -> str:
+    """The best trial's model as a packed 2-bit file (see ``trainables.packed``); returns a line with the sizes."""
+    import io
+
+    import torch
+    from trainables.loop import model_from_checkpoint
+    from trainables.packed import PackError, save_packed
+
+    from ternsearch.sweep import best_trial
+
+    meta = load_results_meta(results_dir)
+    best = best_trial(read_trials(results_dir), meta["metric"], meta["mode"])
+    if best is None or not best.get("checkpoint"):
+        raise ResultsError(f"{results_dir}: no trial has a checkpoint to pack yet")
+    model, cfg = model_from_checkpoint(best["checkpoint"])
+    if cfg.model.quantizer == "none":
+        raise ResultsError(f"{results_dir}: the best trial ({best['trial_id']}) is full precision "
+                           "(model.quantizer: none): nothing to pack at 2 bits")
+    try:
+        path = save_packed(model, cfg, output)
+    except PackError as exc:
+        raise ResultsError(f"{results_dir}: best trial {best['trial_id']}: {exc}") from None
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    size = path.stat().st_size
+    return (f"{path}: {size / 1e6:.2f} MB, {buf.tell() / size:.1f}x smaller than the fp32 state_dict "
+            f"({buf.tell() / 1e6:.2f} MB); load it with trainables.packed.load_packed")
+
+
 def export_command(a) -> int:
     results = results_of(Path(a.results), Path(a.spec) if a.spec else None)
     out = write_best_config(results, Path(a.output), a.epochs)
     print(out)
+    if a.packed:
+        print(write_packed(results, Path(a.packed)))
     return 0

@@ -114,9 +114,21 @@ def test_best_model_loads_and_predicts(sweep, data_root, monkeypatch):
 def test_export_then_retrain_reports_test_accuracy(sweep):
     tmp, summary, results = sweep
     best = tmp / "best.yaml"
-    proc = cli("export", str(results), "-o", str(best), "--epochs", "1", cwd=tmp)
+    proc = cli("export", str(results), "-o", str(best), "--epochs", "1", "--packed", str(tmp / "best.tern"), cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     assert "epochs: 1" in best.read_text()
+    # The packed model: the best trial's checkpoint at 2 bits a weight, the same logits as the checkpoint's model.
+    import torch
+    from trainables.loop import model_from_checkpoint
+    from trainables.packed import load_packed
+
+    assert f"{tmp / 'best.tern'}: " in proc.stdout and "smaller than the fp32 state_dict" in proc.stdout
+    packed, _ = load_packed(tmp / "best.tern")
+    best_trial = json.loads((results / "trials.json").read_text())[summary["best_trial"]]
+    model, _ = model_from_checkpoint(best_trial["checkpoint"])
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
     proc = cli("train", str(best), "-o", str(tmp / "retrain"), "-q", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = json.loads(proc.stdout)
