@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write the best trial as a standalone train config")
     e.add_argument("results", help="a sweep's results directory, or the sweep's spec file")
     e.add_argument("--spec", help="refuse unless this spec file (as it is now) made the results")
+    e.add_argument("--pick", metavar="OBJECTIVE[:TOL]", help="multi-objective sweeps: the Pareto trial best on "
+                   "OBJECTIVE within TOL (default 0.01) of the best first objective, e.g. ternary_zero_frac:0.01")
     e.add_argument("--packed", metavar="FILE", help="also write the best model packed at 2 bits a weight (.tern)")
     e.add_argument("-o", "--output", default="best.yaml")
     e.add_argument("--epochs", type=int, help="retrain for this many epochs")

@@ -27,17 +27,45 @@ def load_results_meta(results_dir: Path) -> dict[str, Any]:
         raise ResultsError(f"{path}: unreadable ({exc})") from None
 
 
-def best_config(results_dir: Path, epochs: Optional[int] = None) -> dict[str, Any]:
-    """The best trial's full resolved config as a train-file mapping, with where it came from."""
-    from trainables.config import TrainConfig
-
-    from ternsearch.sweep import best_trial
+def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sweep.json, the trial to export): the best on the sweep's (first) metric, or with ``pick`` =
+    ``OBJECTIVE[:TOLERANCE]`` the Pareto-front trial best on OBJECTIVE among those within TOLERANCE (default
+    0.01) of the front's best value of the first objective, e.g. ``ternary_zero_frac:0.01``: the sparsest
+    model within one point of the best accuracy."""
+    from ternsearch.sweep import best_trial, pareto_trials
 
     meta = load_results_meta(results_dir)
     trials = read_trials(results_dir)
-    best = best_trial(trials, meta["metric"], meta["mode"])
-    if best is None:
-        raise ResultsError(f"{results_dir}: no trial has reported {meta['metric']} yet")
+    if not pick:
+        best = best_trial(trials, meta["metric"], meta["mode"])
+        if best is None:
+            raise ResultsError(f"{results_dir}: no trial has reported {meta['metric']} yet")
+        return meta, best
+    objectives = meta.get("objectives") or [[meta["metric"], meta["mode"]]]
+    modes = dict(objectives)
+    name, _, tol_text = pick.partition(":")
+    if name not in modes:
+        raise ResultsError(f"--pick {pick}: '{name}' is not an objective of sweep '{meta['name']}' (choose from: "
+                           f"{', '.join(modes)})")
+    try:
+        tol = float(tol_text) if tol_text else 0.01
+    except ValueError:
+        raise ResultsError(f"--pick {pick}: '{tol_text}' is not a number (OBJECTIVE[:TOLERANCE], e.g. "
+                           f"{name}:0.01)") from None
+    front = pareto_trials(trials, objectives)
+    if not front:
+        raise ResultsError(f"{results_dir}: no completed trial has reported {', '.join(modes)}")
+    primary, primary_mode = objectives[0]
+    top = (max if primary_mode == "max" else min)(t["last"][primary] for t in front)
+    near = [t for t in front if abs(t["last"][primary] - top) <= tol]
+    return meta, (max if modes[name] == "max" else min)(near, key=lambda t: t["last"][name])
+
+
+def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[str] = None) -> dict[str, Any]:
+    """The chosen trial's (see ``chosen_trial``) full resolved config as a train-file mapping, with its origin."""
+    from trainables.config import TrainConfig
+
+    meta, best = chosen_trial(results_dir, pick)
     cfg = TrainConfig.model_validate(meta["base"]).with_overrides(best["config"])
     if epochs is not None:
         cfg = cfg.with_overrides({"epochs": epochs})
@@ -54,8 +82,9 @@ def best_config(results_dir: Path, epochs: Optional[int] = None) -> dict[str, An
     return doc
 
 
-def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = None) -> Path:
-    doc = best_config(results_dir, epochs)
+def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = None,
+                      pick: Optional[str] = None) -> Path:
+    doc = best_config(results_dir, epochs, pick)
     header = (f"# Best trial {doc['origin']['trial_id']} of sweep '{doc['origin']['sweep']}' "
               f"({doc['metric']['name']} = {doc['origin']['metric_value']:.4f}).\n"
               f"# Retrain it: ternsearch train {output}\n")
@@ -93,19 +122,16 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
     return results
 
 
-def write_packed(results_dir: Path, output: Path) -> str:
-    """The best trial's model as a packed 2-bit file (see ``trainables.packed``); returns a line with the sizes."""
+def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) -> str:
+    """The chosen trial's model as a packed 2-bit file (see ``trainables.packed``); a line with the sizes."""
     import io
 
     import torch
     from trainables.loop import model_from_checkpoint
     from trainables.packed import PackError, save_packed
 
-    from ternsearch.sweep import best_trial
-
-    meta = load_results_meta(results_dir)
-    best = best_trial(read_trials(results_dir), meta["metric"], meta["mode"])
-    if best is None or not best.get("checkpoint"):
+    _, best = chosen_trial(results_dir, pick)
+    if not best.get("checkpoint"):
         raise ResultsError(f"{results_dir}: no trial has a checkpoint to pack yet")
     model, cfg = model_from_checkpoint(best["checkpoint"])
     if cfg.model.quantizer == "none":
@@ -124,8 +150,8 @@ def write_packed(results_dir: Path, output: Path) -> str:
 
 def export_command(a) -> int:
     results = results_of(Path(a.results), Path(a.spec) if a.spec else None)
-    out = write_best_config(results, Path(a.output), a.epochs)
+    out = write_best_config(results, Path(a.output), a.epochs, a.pick)
     print(out)
     if a.packed:
-        print(write_packed(results, Path(a.packed)))
+        print(write_packed(results, Path(a.packed), a.pick))
     return 0

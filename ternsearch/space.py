@@ -53,7 +53,8 @@ def grid_size(params) -> int:
 
 
 def make_sampler(algorithm: str, params, seed: int, num_samples: int):
-    """TPE (multivariate, constant liar for parallel trials), random, or grid; always seeded."""
+    """TPE (multivariate, constant liar for parallel trials; multi-objective TPE when the study has several
+    objectives), NSGA-II, random, or grid; always seeded."""
     import warnings
 
     import optuna
@@ -64,6 +65,8 @@ def make_sampler(algorithm: str, params, seed: int, num_samples: int):
         return optuna.samplers.RandomSampler(seed=seed)
     if algorithm == "grid":
         return optuna.samplers.GridSampler({p.name: list(p.choices) for p in params}, seed=seed)
+    if algorithm == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
     conditional = any(p.when for p in params)
     return optuna.samplers.TPESampler(
         seed=seed,

@@ -10,9 +10,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Optional, Union
+from typing import Annotated, Any, Literal, NoReturn, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from ternsearch.yamlsrc import Located, did_you_mean, explain_first, load_located, show
 from trainables.config import DataConfig, MetricConfig, ModelConfig, TrainConfig, TrainParams
@@ -28,7 +28,7 @@ class _Strict(BaseModel):
 
 
 class SearcherConfig(_Strict):
-    algorithm: Literal["tpe", "random", "grid"] = "tpe"
+    algorithm: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
     seed: int = 0
     num_samples: int = Field(8, ge=1, le=1_000_000)
     max_concurrent_trials: Optional[int] = Field(None, ge=1, le=10_000)
@@ -39,6 +39,8 @@ class SchedulerConfig(_Strict):
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3.0, gt=1.0, le=100.0)
     brackets: int = Field(1, ge=1, le=10)
+    # The one metric ASHA compares trials on; needed when metric: lists several objectives.
+    metric: Optional[str] = None
 
 
 class ResourcesConfig(_Strict):
@@ -86,13 +88,16 @@ class _Common(_Strict):
     train: TrainParams = TrainParams()
     tracking: TrackingConfig = TrackingConfig()
 
+    def objectives(self) -> tuple[MetricConfig, ...]:
+        return tuple(self.metric) if isinstance(self.metric, list) else (self.metric,)
+
     def base_config(self) -> TrainConfig:
         data = self.data
         if data.root and not Path(data.root).expanduser().is_absolute():
             # Trials may run in another working directory (Ray workers): pin a relative root to where the
             # command was run.
             data = data.model_copy(update={"root": str(Path(data.root).expanduser().resolve())})
-        return TrainConfig(name=self.name, metric=self.metric, data=data, model=self.model, train=self.train)
+        return TrainConfig(name=self.name, metric=self.objectives()[0], data=data, model=self.model, train=self.train)
 
 
 class TrainFile(_Common):
@@ -103,6 +108,10 @@ class TrainFile(_Common):
 
 
 class _SweepModel(_Common):
+    # One objective, or a list of 2-3 (multi-objective search: the first one drives early stopping, the best
+    # checkpoint and the default pick; the searcher looks for the Pareto front).
+    metric: Annotated[Union[Annotated[MetricConfig, Tag("one")], Annotated[list[MetricConfig], Tag("list")]],
+                      Discriminator(lambda v: "list" if isinstance(v, list) else "one")] = MetricConfig()
     search: dict[str, Any] = Field(default_factory=dict)
     searcher: SearcherConfig = SearcherConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -143,10 +152,30 @@ class SweepSpec:
     params: tuple[Param, ...]
     located: Located = field(repr=False, compare=False)
 
-    def __getattr__(self, item):  # name, metric, data, model, train, searcher, ... come from the document
+    def __getattr__(self, item):  # name, data, model, train, searcher, ... come from the document
         if item.startswith("__"):
             raise AttributeError(item)
         return getattr(self.__dict__["doc"], item)
+
+    @property
+    def objectives(self) -> tuple[MetricConfig, ...]:
+        """Every objective, the primary first."""
+        return self.doc.objectives()
+
+    @property
+    def metric(self) -> MetricConfig:
+        """The primary objective: early stopping, best checkpoint, ASHA (unless scheduler.metric says otherwise)."""
+        return self.objectives[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def asha_metric(self) -> MetricConfig:
+        """The objective ASHA compares trials on."""
+        name = self.doc.scheduler.metric
+        return next((m for m in self.objectives if m.name == name), self.metric)
 
     def base_config(self) -> TrainConfig:
         return self.doc.base_config()
@@ -385,7 +414,31 @@ def load_spec(path: str | Path) -> SweepSpec:
     return SweepSpec(file=str(path), doc=doc, params=tuple(params), located=loc)
 
 
+def _check_objectives(loc: Located, doc: _SweepModel) -> None:
+    objectives = doc.objectives()
+    names = [m.name for m in objectives]
+    if isinstance(doc.metric, list):
+        if not 2 <= len(names) <= 3:
+            raise loc.error(("metric",), f"lists {len(names)} objectives (a list takes 2 or 3; give one "
+                            "objective as a mapping: {name: val_acc, mode: max})")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise loc.error(("metric", i, "name"), f"'{name}' is listed twice (each objective once)")
+    sched = doc.scheduler
+    allowed = ", ".join(names)
+    if sched.metric is not None and sched.metric not in names:
+        raise loc.error(("scheduler", "metric"), f"'{sched.metric}' is not an objective (choose from: {allowed})")
+    if len(names) > 1 and sched.algorithm == "asha" and sched.metric is None:
+        raise loc.error(("scheduler", "algorithm"), f"asha stops trials on one metric, but metric: lists "
+                        f"{len(names)} objectives (set scheduler.metric to one of: {allowed}; or use "
+                        "scheduler.algorithm: fifo)")
+    if len(names) == 1 and doc.searcher.algorithm == "nsga2":
+        raise loc.error(("searcher", "algorithm"), "nsga2 is a multi-objective searcher, but metric: names one "
+                        "objective (list 2 or 3 under metric:, or use tpe)")
+
+
 def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
+    _check_objectives(loc, doc)
     by_name = {p.name: p for p in params}
     ep = by_name.get("epochs")
     max_epochs = doc.train.epochs if ep is None else max(ep.choices) if ep.kind == "choice" else ep.high

@@ -38,6 +38,20 @@ def best_trial(trials: dict, metric: str, mode: str) -> Optional[dict]:
     return max(pool, key=key) if pool else None
 
 
+def pareto_trials(trials: dict, objectives: list[list[str]]) -> list[dict]:
+    """The completed trials no other completed trial beats on every objective (``[[name, mode], ...]``), in
+    trial order. ASHA-stopped trials are left out: their values are from an earlier epoch than the others'."""
+    from ternsearch.report_data import pareto_front
+
+    def has_all(t):
+        return all(isinstance(t.get("last", {}).get(name), (int, float)) for name, _ in objectives)
+
+    done = [t for t in trials.values() if t["status"] == "completed" and has_all(t)]
+    front = pareto_front([[t["last"][name] for name, _ in objectives] for t in done],
+                         maximize=[mode == "max" for _, mode in objectives])
+    return [done[i] for i in front]
+
+
 def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
     from ternsearch.space import ordered
 
@@ -228,6 +242,7 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
     meta = json.loads(meta_path.read_text()) if resume else {
         "name": spec.name, "spec_file": str(Path(spec.file).resolve()), "spec_sha256": spec_digest(spec.file),
         "sweep_id": f"{spec.name}-{int(time.time())}", "metric": spec.metric.name, "mode": spec.metric.mode,
+        "objectives": [[m.name, m.mode] for m in spec.objectives],
         "params": [p.name for p in spec.params], "base": spec.base_config().model_dump(mode="json"),
         "storage_path": storage_path, "started": time.time(),
     }
@@ -294,6 +309,11 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
     best_yaml = write_best_config(results_dir, results_dir / "best.yaml")
     summary.update(best_trial=best["trial_id"], best_value=best["last"][spec.metric.name],
                    best_config=best["config"], exported=str(best_yaml))
+    front = []
+    if spec.multi_objective:
+        front = pareto_trials(trials, [[m.name, m.mode] for m in spec.objectives])
+        summary["pareto"] = [{"trial_id": t["trial_id"], **{m.name: t["last"][m.name] for m in spec.objectives}}
+                             for t in front]
     if tracker is not None:
         try:
             if best.get("checkpoint"):
@@ -311,6 +331,10 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
     _say(f"best trial {best['trial_id']}: {spec.metric.name} = {summary['best_value']:.4f}")
     for k, v in sorted(best["config"].items()):
         _say(f"  {k}: {v}")
+    if front:
+        _say(f"Pareto front ({', '.join(f'{m.mode} {m.name}' for m in spec.objectives)}): " + "; ".join(
+            f"{t['trial_id']} " + " ".join(f"{t['last'][m.name]:.4f}" for m in spec.objectives) for t in front)
+             + f"\n  pick one: ternsearch export {results_dir} --pick {spec.objectives[1].name}[:TOLERANCE]")
     _say(f"results: {results_dir}\nMLflow: {meta.get('tracking_uri')} (open it: ternsearch ui {results_dir})\n"
          f"best config: {best_yaml} (retrain: ternsearch train {best_yaml})")
     return summary

@@ -114,6 +114,7 @@ def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any
         "max_failures": spec.failure.max_failures,
         "keep_checkpoints": spec.failure.keep_checkpoints,
         "placement_strategy": "SPREAD" if spec.storage.shared else "PACK",
+        "objectives": [[m.name, m.mode] for m in spec.objectives],
     }
 
 
@@ -155,10 +156,13 @@ class _Searcher(OptunaSearch):
     (Tune tells the searcher of an errored trial without a result, which Optuna would record as FAIL and ignore)."""
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, list) or trial_id in self._completed_trials:
+        if trial_id in self._completed_trials:
             return
-        if failure_reason(result) and self.metric in result:
-            self.__dict__.setdefault("_failed", {})[trial_id] = {self.metric: result[self.metric], "run_complete": True}
+        names = self.metric if isinstance(self.metric, list) else [self.metric]
+        if failure_reason(result) and all(n in result for n in names):
+            self.__dict__.setdefault("_failed", {})[trial_id] = {**{n: result[n] for n in names}, "run_complete": True}
+        if isinstance(self.metric, list):  # Optuna takes no intermediate values in a multi-objective study
+            return
         if self.metric in result and "epoch" in result and trial_id in self._ot_trials:
             seen = self.__dict__.setdefault("_reported", {}).setdefault(trial_id, set())
             epoch = int(result["epoch"])
@@ -203,12 +207,19 @@ def _searcher_and_scheduler(spec: SweepSpec, plan: Plan):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     sampler = make_sampler(spec.searcher.algorithm, spec.params, spec.searcher.seed, spec.searcher.num_samples)
-    search = _Searcher(space=DefineByRun(spec.params), metric=spec.metric.name, mode=spec.metric.mode,
-                       sampler=sampler, seed=spec.searcher.seed)
+    if spec.multi_objective:  # OptunaSearch takes lists: the study is multi-objective
+        metric, mode = [m.name for m in spec.objectives], [m.mode for m in spec.objectives]
+    else:
+        metric, mode = spec.metric.name, spec.metric.mode
+    search = _Searcher(space=DefineByRun(spec.params), metric=metric, mode=mode, sampler=sampler,
+                       seed=spec.searcher.seed)
     if spec.scheduler.algorithm == "asha":
         # Our own `epoch` is the time axis: Tune's training_iteration restarts when a trial's driver restarts.
+        # With several objectives ASHA gets its own (scheduler.metric) and Tune none (see build_tuner).
+        own = {"metric": spec.asha_metric.name, "mode": spec.asha_metric.mode} if spec.multi_objective else {}
         scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.max_epochs, grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets)
+                                  reduction_factor=spec.scheduler.reduction_factor, brackets=spec.scheduler.brackets,
+                                  **own)
     else:
         scheduler = FIFOScheduler()
     return search, scheduler
@@ -227,7 +238,9 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list)
     return tune.Tuner(
         _trainable(spec, plan, storage_path),
         tune_config=tune.TuneConfig(
-            metric=spec.metric.name, mode=spec.metric.mode, search_alg=search, scheduler=scheduler,
+            # One metric for Tune to hand the scheduler; none with several objectives (ASHA has its own then).
+            metric=None if spec.multi_objective else spec.metric.name,
+            mode=None if spec.multi_objective else spec.metric.mode, search_alg=search, scheduler=scheduler,
             num_samples=spec.searcher.num_samples, max_concurrent_trials=plan.max_concurrent,
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",

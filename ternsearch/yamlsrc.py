@@ -115,9 +115,19 @@ def _resolve(cls: Any, loc: tuple) -> tuple[Optional[FieldInfo], Any]:
         if part not in cls.model_fields:
             continue
         info = cls.model_fields[part]
-        ann = info.annotation
-        cls = next((a for a in (get_args(ann) or (ann,)) if _is_model(a)), ann)
+        cls = _model_in(info.annotation) or info.annotation
     return info, (cls if _is_model(cls) else None)
+
+
+def _model_in(ann: Any) -> Any:
+    """The first pydantic model inside an annotation (through Optional, Union, Annotated and list), or None."""
+    if _is_model(ann):
+        return ann
+    for arg in get_args(ann):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _literals(ann: Any) -> list:

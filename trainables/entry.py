@@ -101,8 +101,9 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
         run(cfg, send, resume_from=path)
     except TrialFailure as exc:
         diverged = isinstance(exc, DivergedError)
-        metrics = {"epoch": exc.epoch, cfg.metric.name: worst_value(cfg.metric.name, cfg.metric.mode),
-                   "run_complete": True}
+        objectives = setup.get("objectives") or [[cfg.metric.name, cfg.metric.mode]]
+        metrics = {"epoch": exc.epoch, "run_complete": True,
+                   **{name: worst_value(name, mode) for name, mode in objectives}}
         metrics.update({"diverged": True, "train_loss": exc.loss} if diverged else {"failed": exc.reason})
         marker_manifest = {"epoch": exc.epoch, "reason": str(exc), "kind": type(exc).__name__}
         marker_manifest.update({"diverged": True} if diverged else {"failed": exc.reason})
