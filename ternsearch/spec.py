@@ -279,7 +279,7 @@ def _parse_range(loc: Located, at: tuple, kind: str, raw: dict, when: dict, anno
     step = raw.get("step")
     if "step" in raw:
         if log:
-            raise loc.error(at + ("step",), f"cannot be combined with a log scale (Optuna takes step or log, not "
+            raise loc.error(at + ("step",), "cannot be combined with a log scale (Optuna takes step or log, not "
                                             "both)")
         if not _is_num(step) or step <= 0 or (kind == "int" and not _is_int(step)):
             raise loc.error(at + ("step",), f"{show(step)} is not a positive "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers_report import cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,14 +28,6 @@ scheduler: {{algorithm: asha, grace_period: 1, reduction_factor: 2}}
 resources: {{workers_per_trial: {workers}, cpus_per_worker: 1}}
 storage: {{path: {storage}}}
 """
-
-
-def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "ternsearch.cli", *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=timeout)
 
 
 def _sweep(tmp: Path, name: str, n: int, conc: int, workers: int = 1) -> tuple[dict, Path]:
