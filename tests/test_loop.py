@@ -39,10 +39,12 @@ def _flat(m):
     return {k: v for k, v in m.items() if k not in ("images_per_sec", "epoch_seconds") and not k.endswith("_unix")}
 
 
-@pytest.mark.parametrize("augment,quantizer", [("standard", "twn"), ("mixup", "twn"), ("standard", "ttq")])
-def test_resume_is_exact(tmp_path, data_root, augment, quantizer):
-    cfg = _cfg({"quantizer": quantizer}, augment=augment, schedule="onecycle", warmup_epochs=1, label_smoothing=0.1,
-               early_stop_patience=5)
+@pytest.mark.parametrize("augment,quantizer,schedule", [
+    ("standard", "twn", "onecycle"), ("mixup", "twn", "onecycle"), ("standard", "ttq", "onecycle"),
+    ("standard", "twn", "plateau")])
+def test_resume_is_exact(tmp_path, data_root, augment, quantizer, schedule):
+    cfg = _cfg({"quantizer": quantizer}, augment=augment, schedule=schedule, warmup_epochs=1, label_smoothing=0.1,
+               early_stop_patience=5, plateau_patience=0)
     straight = _Keep(tmp_path / "a")
     run(cfg, straight)
     first = _Keep(tmp_path / "b")

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "onecycle", "none")
+SCHEDULES = ("cosine", "step", "onecycle", "cosine_restarts", "cyclic", "plateau", "none")
 AUGMENTS = ("none", "standard", "cutmix", "mixup", "autoaugment", "randaugment")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZERS = ("twn", "ttq", "none")
@@ -104,6 +104,12 @@ class TrainParams(_Strict):
     warmup_epochs: int = Field(0, ge=0)
     step_every: Optional[int] = Field(None, ge=1)
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    restart_epochs: int = Field(2, ge=1)  # cosine_restarts: the first cycle's length (T_0), in epochs
+    restart_mult: int = Field(1, ge=1, le=10)  # cosine_restarts: each cycle this many times the last (T_mult)
+    cycle_epochs: int = Field(2, ge=1)  # cyclic (triangular2): epochs of one up-and-down cycle
+    cyclic_base_ratio: float = Field(0.1, gt=0.0, lt=1.0)  # cyclic: the low end, as a fraction of lr
+    plateau_patience: int = Field(2, ge=0)  # plateau: epochs without improvement before the lr drops
+    plateau_factor: float = Field(0.1, gt=0.0, lt=1.0)  # plateau: the lr is multiplied by this
     precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
     grad_clip: Optional[float] = Field(None, gt=0.0)
     grad_accum: int = Field(1, ge=1, le=1024)

@@ -236,7 +236,7 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
     latent = latent_weight_params(model)
     optimizer = optim.build_optimizer(optim.param_groups(model, p, latent), p, device)
     steps = optim.steps_per_epoch(batches, p.grad_accum)
-    schedule = optim.build_schedule(optimizer, p, steps)
+    schedule = optim.build_schedule(optimizer, p, steps, cfg.metric.mode)
     amp_dtype = resolve_precision(p.precision, device)
     # fp16 needs loss scaling against underflow; bf16 has fp32's exponent range and does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -327,6 +327,7 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
             "first_step_unix": first_step,
         }
         metrics.update(_layer_metrics(model))
+        optim.epoch_end(schedule, metrics[cfg.metric.name])  # plateau: may lower the lr for the next epoch
         stop = stopper.update(metrics[cfg.metric.name], epoch)
         metrics.update(
             # run_complete: this is the run's last epoch (all epochs, or patience ran out). Not "done", which

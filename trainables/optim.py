@@ -59,12 +59,13 @@ def build_optimizer(groups: list[dict], params: TrainParams, device: torch.devic
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int, mode: str = "max"
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """The LR schedule over ``epochs * steps_per_epoch`` optimizer steps, with optional linear warm-up.
 
     All schedules are torch's own; warm-up is a LinearLR chained by SequentialLR (one-cycle has a warm-up
-    phase of its own, so there ``warmup_epochs`` sets its ``pct_start`` instead).
+    phase of its own, so there ``warmup_epochs`` sets its ``pct_start`` instead). ``plateau`` watches the run's
+    metric (``mode``: max or min) and is fed once an epoch (see ``epoch_end``).
     """
     total = params.epochs * steps_per_epoch
     warm = params.warmup_epochs * steps_per_epoch
@@ -84,6 +85,16 @@ def build_schedule(
     elif params.schedule == "step":
         every = params.step_every or max(params.epochs // 3, 1)
         main = sched.StepLR(optimizer, step_size=every * steps_per_epoch, gamma=params.step_gamma)
+    elif params.schedule == "cosine_restarts":
+        main = sched.CosineAnnealingWarmRestarts(optimizer, T_0=params.restart_epochs * steps_per_epoch,
+                                                 T_mult=params.restart_mult)
+    elif params.schedule == "cyclic":
+        peaks = [g["lr"] for g in optimizer.param_groups]
+        main = sched.CyclicLR(optimizer, base_lr=[p * params.cyclic_base_ratio for p in peaks], max_lr=peaks,
+                              step_size_up=max(params.cycle_epochs * steps_per_epoch // 2, 1), mode="triangular2",
+                              cycle_momentum=False)
+    elif params.schedule == "plateau":
+        return PlateauSchedule(optimizer, params, warm, mode)
     elif params.schedule == "none":
         main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
     else:
@@ -93,6 +104,48 @@ def build_schedule(
     # Start warm-up at 1/warm of the target so the first step is small but not zero.
     warmup = sched.LinearLR(optimizer, start_factor=1.0 / max(warm, 2), end_factor=1.0, total_iters=warm)
     return sched.SequentialLR(optimizer, [warmup, main], milestones=[warm])
+
+
+class PlateauSchedule:
+    """ReduceLROnPlateau on the validation metric, after an optional linear warm-up by optimizer step.
+
+    ``step()`` is called after every optimizer step (it only advances the warm-up) and ``epoch_end(value)`` after
+    every validation (it feeds the plateau detector once the warm-up is over); the state of both goes into the
+    checkpoint, so a resumed run drops its lr exactly when an uninterrupted one would.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: TrainParams, warm_steps: int, mode: str) -> None:
+        sched = torch.optim.lr_scheduler
+        self.warm_steps, self.steps = warm_steps, 0
+        self.warmup = (sched.LinearLR(optimizer, start_factor=1.0 / max(warm_steps, 2), end_factor=1.0,
+                                      total_iters=warm_steps) if warm_steps else None)
+        self.plateau = sched.ReduceLROnPlateau(optimizer, mode=mode, factor=params.plateau_factor,
+                                               patience=params.plateau_patience)
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.warmup is not None and self.steps <= self.warm_steps:
+            self.warmup.step()
+
+    def epoch_end(self, value: float) -> None:
+        if self.steps >= self.warm_steps:
+            self.plateau.step(value)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "plateau": self.plateau.state_dict(),
+                "warmup": self.warmup.state_dict() if self.warmup is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.plateau.load_state_dict(state["plateau"])
+        if self.warmup is not None and state.get("warmup") is not None:
+            self.warmup.load_state_dict(state["warmup"])
+
+
+def epoch_end(schedule, value: float) -> None:
+    """Tell a schedule that watches the validation metric (plateau) this epoch's value; others ignore it."""
+    if isinstance(schedule, PlateauSchedule):
+        schedule.epoch_end(value)
 
 
 def steps_per_epoch(batches: int, grad_accum: int) -> int:
