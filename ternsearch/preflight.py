@@ -63,6 +63,13 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
         check_data(spec.data)
     except DataError as exc:
         raise PreflightError(str(loc.error(("data", "root") if spec.data.root else ("data",), str(exc)))) from None
+    from trainables.recipes import RecipeError, check_sources
+
+    try:
+        check_sources(spec.base_config())
+    except RecipeError as exc:
+        key = str(exc).split(":", 1)[0]
+        raise PreflightError(str(loc.error(tuple(key.split(".")), str(exc).split(": ", 1)[1]))) from None
     why = _unwritable(Path(storage)) if "://" not in storage else None
     if why:
         raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable: {why} (use a "

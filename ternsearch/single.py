@@ -62,6 +62,12 @@ def train_file(
         check_data(cfg.data)
     except DataError as exc:
         raise PreflightError(f"{source}: data: {exc}") from None
+    from trainables.recipes import RecipeError, check_sources
+
+    try:
+        check_sources(cfg)
+    except RecipeError as exc:
+        raise PreflightError(f"{source}: {exc}") from None
     out = _output_dir(tf, resume or output)
     ckpts = out / CKPT_DIR
     resume_from = None

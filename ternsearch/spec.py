@@ -97,7 +97,16 @@ class _Common(_Strict):
             # Trials may run in another working directory (Ray workers): pin a relative root to where the
             # command was run.
             data = data.model_copy(update={"root": str(Path(data.root).expanduser().resolve())})
-        return TrainConfig(name=self.name, metric=self.objectives()[0], data=data, model=self.model, train=self.train)
+        model, train = self.model, self.train
+        if _local_relative(model.init_from):  # the same for weight sources
+            model = model.model_copy(update={"init_from": str(Path(model.init_from).expanduser().resolve())})
+        if _local_relative(train.distill_from):
+            train = train.model_copy(update={"distill_from": str(Path(train.distill_from).expanduser().resolve())})
+        return TrainConfig(name=self.name, metric=self.objectives()[0], data=data, model=model, train=train)
+
+
+def _local_relative(source: Optional[str]) -> bool:
+    return bool(source) and ":/" not in source and not Path(source).expanduser().is_absolute()
 
 
 class TrainFile(_Common):

@@ -77,6 +77,17 @@ class ModelConfig(_Strict):
     quantizer: Literal[QUANTIZERS] = "twn"  # type: ignore[valid-type]
     ttq_threshold: float = Field(0.05, gt=0.0, lt=1.0)  # TTQ: delta = ttq_threshold * max|W| (ignored otherwise)
     full_precision_layers: tuple[str, ...] = ("stem", "head")
+    # Warm start: "checkpoint" copies a full-precision model's weights (init_from: a checkpoint or run directory,
+    # or an MLflow model URI) into this model before training; "scratch" initialises at random.
+    init: Literal["scratch", "checkpoint"] = "scratch"
+    init_from: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _init_source(self) -> "ModelConfig":
+        if self.init == "checkpoint" and not self.init_from:
+            raise ValueError("init: checkpoint needs init_from (a checkpoint or `ternsearch train` run directory, or "
+                             "an MLflow model URI)")
+        return self
 
     @field_validator("arch")
     @classmethod
@@ -122,6 +133,15 @@ class TrainParams(_Strict):
     randaugment_magnitude: int = Field(9, ge=0, le=30)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     early_stop_patience: Optional[int] = Field(None, ge=1)
+    # Progressive quantization: epochs before quantize_from_epoch train at full precision; then the ternary
+    # weights are blended in over ramp_epochs epochs (0: at once). The quant_mix metric says how each epoch ran.
+    quantize_from_epoch: int = Field(1, ge=1)
+    ramp_epochs: int = Field(0, ge=0)
+    # Knowledge distillation from a full-precision teacher (same sources as model.init_from):
+    # loss = (1 - distill_weight) * CE + distill_weight * T^2 * KL(teacher/T || student/T).
+    distill_from: Optional[str] = None
+    distill_weight: float = Field(0.0, ge=0.0, le=1.0)
+    distill_temperature: float = Field(4.0, gt=0.0, le=100.0)
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, le=1024)
     eval_batch_size: int = Field(512, ge=1)
@@ -132,6 +152,9 @@ class TrainParams(_Strict):
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
             )
+        if self.distill_weight > 0 and not self.distill_from:
+            raise ValueError("distill_weight > 0 needs distill_from (the full-precision teacher: a checkpoint or "
+                             "`ternsearch train` run directory, or an MLflow model URI)")
         return self
 
 

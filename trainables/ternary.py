@@ -170,10 +170,16 @@ class _TernaryMixin:
         self.quantizer_name = quantizer
         # False runs this layer at full precision (progressive quantization switches layers on over time).
         self.quantize = True
+        # With quantize on, forward uses (1 - mix) * W + mix * a*T: 1.0 is plain ternary, less ramps it in.
+        self.mix = 1.0
 
     def quantized_weight(self) -> torch.Tensor:
-        """Return the weight that forward uses: ``a * T`` when ``quantize`` is set, else the latent weight."""
-        return self.quantizer(self.weight) if self.quantize else self.weight
+        """Return the weight that forward uses: ``a * T`` when ``quantize`` is set (blended with the latent weight
+        while ``mix`` < 1), else the latent weight."""
+        if not self.quantize:
+            return self.weight
+        q = self.quantizer(self.weight)
+        return q if self.mix >= 1.0 else torch.lerp(self.weight, q, self.mix)
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
