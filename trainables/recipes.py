@@ -132,12 +132,11 @@ def set_quant_mix(model: nn.Module, mix: float) -> None:
 
 
 def check_sources(cfg) -> None:
-    """Before any training: the local weight sources a config names (``model.init_from`` when ``init`` is
-    checkpoint, ``train.distill_from`` when ``distill_weight`` > 0) exist and hold a checkpoint. MLflow URIs are
-    read when the run starts."""
-    for key, source, used in (("model.init_from", cfg.model.init_from, cfg.model.init == "checkpoint"),
-                              ("train.distill_from", cfg.train.distill_from, cfg.train.distill_weight > 0)):
-        if used and source and not _is_mlflow_uri(source):
+    """Before any training: the local weight sources a config names (``model.init_from``,
+    ``train.distill_from``; a sweep may search whether they are used) exist and hold a checkpoint. MLflow URIs
+    are read when the run starts."""
+    for key, source in (("model.init_from", cfg.model.init_from), ("train.distill_from", cfg.train.distill_from)):
+        if source and not _is_mlflow_uri(source):
             try:
                 _checkpoint_dir(source)
             except RecipeError as exc:
