@@ -160,7 +160,10 @@ def plot(path: str, curves: list[tuple[str, list[float]]]) -> None:
                                  line={"shape": "hv"}))
     fig.update_layout(title="Best val_acc so far vs epochs consumed", xaxis_title="epochs consumed (all trials)",
                       yaxis_title="best val_acc so far", template="plotly_white")
-    fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
+    if path.endswith(".png"):  # kaleido (pip install kaleido) drives a local Chrome/Chromium to render it
+        fig.write_image(path, width=900, height=500)
+    else:
+        fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
     print(f"plot: {path}")
 
 
@@ -173,7 +176,8 @@ def main() -> None:
     ap.add_argument("--grace", type=int, default=1, help="ASHA grace period (epochs)")
     ap.add_argument("--reduction", type=float, default=3.0, help="ASHA reduction factor")
     ap.add_argument("--tracking", action="store_true", help="keep MLflow tracking on (slower)")
-    ap.add_argument("--plot", metavar="PATH", help="write a plotly HTML of best-so-far val_acc vs epochs")
+    ap.add_argument("--plot", metavar="PATH", help="write best-so-far val_acc vs epochs: a plotly HTML, or a PNG "
+                    "when PATH ends in .png (needs kaleido and Chrome/Chromium)")
     ap.add_argument("--bk-trials", type=int, default=200)
     ap.add_argument("--bk-reports", type=int, default=20)
     ap.add_argument("--bk-concurrent", type=int, default=2, help="trivial trials at once (each is a process)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_report import cli
+from helpers_report import NAME, cli, real_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,18 +41,16 @@ def _sweep(tmp: Path, name: str, n: int, conc: int, workers: int = 1) -> tuple[d
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, data_root):
-    # Sequential trials make ASHA's decisions deterministic: a later trial that is worse than the median of
-    # those before it at a rung is stopped there.
-    tmp = tmp_path_factory.mktemp("sweep")
-    summary, results = _sweep(tmp, "e2e", n=6, conc=1)
-    return tmp, summary, results
+    """The session's shared real sweep (tests/helpers_report.py, also read by the report and browser tests):
+    6 sequential trials, so ASHA's decisions are deterministic, one of them diverging."""
+    return real_sweep(tmp_path_factory)
 
 
 def _runs(results: Path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("e2e")
+    exp = client.get_experiment_by_name(NAME)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     return client, runs
 
@@ -61,7 +59,8 @@ def test_every_trial_reported(sweep):
     _, summary, results = sweep
     trials = json.loads((results / "trials.json").read_text())
     assert summary["trials"] == len(trials) == 6
-    assert all(t["status"] in ("completed", "stopped") for t in trials.values())
+    assert [t["config"]["lr"] for t in trials.values() if t["status"] == "failed"] == [100.0]  # diverged
+    assert all(t["status"] in ("completed", "stopped") for t in trials.values() if t["config"]["lr"] != 100.0)
     assert any(t["reason"].startswith("stopped by ASHA at epoch") for t in trials.values()), trials
     assert any(t["status"] == "completed" and t["epochs"] == 3 for t in trials.values())
     history = [json.loads(line) for line in (results / "history.jsonl").read_text().splitlines()]
@@ -81,6 +80,9 @@ def test_mlflow_parent_and_children(sweep):
     for child in children:
         trial = trials[child.data.tags["ternsearch.trial_id"]]
         assert "lr" in child.data.params
+        if trial["status"] == "failed":
+            assert child.info.status == "FAILED"
+            continue
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")]
         assert steps == list(range(1, trial["epochs"] + 1))
         assert "ternary_zero_frac" in child.data.metrics
