@@ -64,6 +64,11 @@ def _error_text(trial) -> str:
     return lines[-1][:300] if lines else "error"
 
 
+LOST = "trials_lost.json"  # trials a killed driver started that Tune's last saved state did not hold
+LOST_REASON = ("lost: the sweep driver was killed before Tune saved this trial in its state; the resumed sweep "
+               "does not continue it (the searcher may propose its configuration again)")
+
+
 class SweepRecorder(tune.Callback):
     """Writes history.jsonl and trials.json in the results directory as results arrive."""
 
@@ -74,6 +79,9 @@ class SweepRecorder(tune.Callback):
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks into its state; records are re-read from disk
         return {"results_dir": self.results_dir, "param_names": self.param_names, "_trials": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     def _load(self) -> dict:
         if self._trials is None:
@@ -100,6 +108,25 @@ class SweepRecorder(tune.Callback):
             }
         return entry
 
+    def on_step_begin(self, iteration, trials, **info):
+        """First step (of a resumed sweep): records of running trials that Tune does not know move to
+        trials_lost.json with the reason; their history rows stay in history.jsonl."""
+        if self.__dict__.get("_reconciled"):
+            return
+        self.__dict__["_reconciled"] = True
+        known = {t.trial_id for t in trials}
+        records = self._load()
+        lost = {tid: e for tid, e in records.items() if e["status"] == "running" and tid not in known}
+        if not lost:
+            return
+        path = Path(self.results_dir) / LOST
+        earlier = json.loads(path.read_text()) if path.exists() else {}
+        for tid, entry in lost.items():
+            earlier[tid] = dict(entry, status="lost", reason=LOST_REASON, ended=time.time())
+            del records[tid]
+        _write_json(path, earlier)
+        self._save()
+
     def on_trial_start(self, iteration, trials, trial, **info):
         seen = self.__dict__.setdefault("_seen", set())
         entry = self._entry(trial)
@@ -114,11 +141,23 @@ class SweepRecorder(tune.Callback):
         entry["restarts"] += 1  # the trial failed (worker died...) and restarts from its latest checkpoint
         self._save()
 
+    def _recorded_epochs(self, trial_id: str) -> set:
+        """The epochs history.jsonl holds for a trial (read once per driver, then kept up to date)."""
+        seen = self.__dict__.get("_epochs")
+        if seen is None:
+            seen = self.__dict__["_epochs"] = {}
+            for row in read_history(Path(self.results_dir)):
+                seen.setdefault(row.get("trial_id"), set()).add(row.get("epoch"))
+        return seen.setdefault(trial_id, set())
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         entry = self._entry(trial)
         metrics = {k: v for k, v in result.items() if k not in _SKIP and isinstance(v, (int, float, str, bool))}
-        with open(Path(self.results_dir) / HISTORY, "a") as f:
-            f.write(json.dumps(dict(metrics, trial_id=trial.trial_id, time=time.time()), default=str) + "\n")
+        recorded = self._recorded_epochs(trial.trial_id)
+        if result.get("epoch") not in recorded:  # a replayed or re-run epoch keeps its first row (as in MLflow)
+            recorded.add(result.get("epoch"))
+            with open(Path(self.results_dir) / HISTORY, "a") as f:
+                f.write(json.dumps(dict(metrics, trial_id=trial.trial_id, time=time.time()), default=str) + "\n")
         entry["epochs"] = int(result.get("epoch", entry["epochs"]))
         entry["last"] = {k: v for k, v in metrics.items() if "/" not in k}
         if result.get("checkpoint_path"):

@@ -271,6 +271,9 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
              else build_tuner(spec, plan, storage_path, callbacks))
     # Tune warns whenever it snapshots state often; with a checkpoint every epoch that is by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune saves its experiment state at most every 10 s by default; a killed driver loses what happened since.
+    # Every 3 s narrows that window (the trials' own checkpoints and our records are written as results come).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
     status = "FAILED"
     try:
         # Tune prints its own tables to stdout; keep stdout for the summary JSON (scripts parse it).

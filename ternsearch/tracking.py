@@ -46,6 +46,7 @@ from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _en
                                   _pip_requirements, _quote, _redact, _search_all, _tags, _using_tracking_uri,
                                   check_reachable, default_tracking_uri, flatten_config, log_single_run,
                                   without_credentials)
+from ternsearch.records import LOST_REASON
 from ternsearch.tracking_queue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
 
 __all__ = ["MLflowTracker", "TAG", "UNWRITTEN_FILE", "check_reachable", "default_tracking_uri", "describe_unwritten",
@@ -193,7 +194,26 @@ class MLflowTracker(WriteQueue, Callback):
                 client.set_terminated(run.info.run_id, "KILLED")
             return len(runs)
 
+        self.__dict__["_resumed"] = True
         return self._guard("reconcile", _do) or 0
+
+    def on_step_begin(self, iteration, trials, **info):
+        """First step of a resumed sweep: a trial the killed driver started but Tune's last saved state does not
+        hold is lost (Tune will not continue it; the searcher may propose its configuration again). Its run
+        stays KILLED and is re-tagged ``ternsearch.role=lost-trial`` so it is not counted as a trial."""
+        if not self.__dict__.pop("_resumed", False):
+            return
+        known = {t.trial_id for t in trials}
+
+        def _do() -> None:
+            client = self._client()
+            for run in self._children():
+                tid = run.data.tags.get(TAG["trial_id"])
+                if tid and tid not in known and run.data.tags.get(TAG["role"]) == "trial":
+                    _log_batch(client, run.info.run_id, tags=_tags({
+                        TAG["role"]: "lost-trial", TAG["status"]: LOST_REASON}))
+
+        self._guard("marking lost trials", _do)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the parent run with ``status`` (FINISHED/KILLED/FAILED) and any child still RUNNING as KILLED,

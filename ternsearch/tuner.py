@@ -231,8 +231,31 @@ def reuse_actors(plan: Plan) -> bool:
     return plan.mode == "function" and os.environ.get("TERNSEARCH_REUSE_ACTORS", "1") != "0"
 
 
+def _tolerate_deleted_checkpoints() -> None:
+    """Tune's checkpoint manager deletes a trial's oldest checkpoint when a new one exceeds num_to_keep, and fails
+    the trial when that directory is already gone. After a killed driver it is: the restored experiment state is a
+    few seconds older than the last deletions (ray-project/ray#27790; measured here with ray 2.60: a resumed trial
+    failed with "FileNotFoundError: Path not found ... checkpoint_000000"). A checkpoint that is already deleted is
+    what deleting it wants, so the sweep driver lets that pass."""
+    from ray.train._internal import checkpoint_manager
+
+    original = checkpoint_manager._delete_fs_path
+    if getattr(original, "_ternsearch", False):
+        return
+
+    def delete(fs, fs_path):
+        try:
+            original(fs=fs, fs_path=fs_path)
+        except FileNotFoundError:
+            pass
+
+    delete._ternsearch = True
+    checkpoint_manager._delete_fs_path = delete
+
+
 def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list) -> tune.Tuner:
     """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``."""
+    _tolerate_deleted_checkpoints()
     search, scheduler = _searcher_and_scheduler(spec, plan)
     return tune.Tuner(
         _trainable(spec, plan, storage_path),
@@ -257,6 +280,7 @@ def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: lis
     """Continue an interrupted sweep: unfinished trials resume from their checkpoints, finished ones are kept,
     and the searcher's state (Optuna study) is restored. Errored trials stay errored (a diverged trial would
     only diverge again)."""
+    _tolerate_deleted_checkpoints()
     tuner = tune.Tuner.restore(experiment_path(storage_path, spec.name), trainable=_trainable(spec, plan, storage_path),
                                resume_unfinished=True, resume_errored=False)
     # The restored run config carries pickled copies of our callbacks; use fresh ones (private API, checked

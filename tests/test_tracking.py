@@ -514,3 +514,39 @@ def test_sweep_with_real_tune(tmp_path, store, local_ray):
     again = pickle.loads(pickle.dumps(tracker))
     assert again.start() == parent
     again.close("FINISHED")
+
+
+def test_resumed_sweep_records_trials_tune_lost(tmp_path, store):
+    """A killed driver may have started a trial that Tune's last saved state lacks: on the resumed sweep's first
+    step the records move it to trials_lost.json (with its reason; its history rows stay) and its MLflow run,
+    left KILLED by reconcile(), is re-tagged as a lost trial, not counted among the trials."""
+    from ternsearch.records import LOST, LOST_REASON, SweepRecorder, read_history
+
+    t = _tracker(tmp_path, store, "toy-lost-trial")
+    t.start()
+    rec = SweepRecorder(str(tmp_path), ["lr"])
+    kept, lost = _trial("keep_00000", lr=0.1), _trial("lost_00001", lr=0.2)
+    for trial in (kept, lost):
+        rec.on_trial_start(0, [kept, lost], trial)
+        rec.on_trial_result(0, [kept, lost], trial, _result(1))
+        t.on_trial_start(0, [kept, lost], trial)
+        t.on_trial_result(0, [kept, lost], trial, _result(1))
+    rec.on_trial_result(0, [kept, lost], kept, _result(1, val_acc=0.9))  # a replayed epoch: not a second row
+
+    # The driver dies; the resumed sweep's Tune knows only `kept`.
+    t2 = _tracker(tmp_path, store, "toy-lost-trial")
+    t2.start()
+    assert t2.reconcile() == 2
+    rec2 = SweepRecorder(str(tmp_path), ["lr"])
+    for cb in (rec2, t2):
+        cb.on_step_begin(0, [kept])
+    assert set(json.loads((tmp_path / "trials.json").read_text())) == {"keep_00000"}
+    gone = json.loads((tmp_path / LOST).read_text())
+    assert set(gone) == {"lost_00001"} and gone["lost_00001"]["reason"] == LOST_REASON
+    rows = read_history(tmp_path)
+    assert sorted((r["trial_id"], r["epoch"]) for r in rows) == [("keep_00000", 1), ("lost_00001", 1)]
+    assert [r["val_acc"] for r in rows if r["trial_id"] == "keep_00000"] == [0.1]
+    client = _client(t2)
+    roles = {r.data.tags["ternsearch.trial_id"]: (r.data.tags["ternsearch.role"], r.info.status)
+             for r in _children(client, t2)}
+    assert roles == {"keep_00000": ("trial", "KILLED"), "lost_00001": ("lost-trial", "KILLED")}

@@ -128,14 +128,15 @@ def _newest_first(paths: list[str]) -> list[str]:
 
 
 def _siblings(path: str) -> list[str]:
-    """``path`` and the older checkpoint directories beside it, newest first (local storage only)."""
+    """``path`` and the checkpoint directories beside it, newest first by the epoch each holds (local storage
+    only). Tune's saved state may be a few seconds older than the trial directory (a killed driver): a newer
+    checkpoint beside the one Tune hands over is then the one to resume from."""
     from pathlib import Path
 
     here = Path(path)
     if not here.is_dir():
         return [path]
-    older = [str(p) for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here]
-    return [path] + _newest_first(older)
+    return _newest_first([path] + [str(p) for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here])
 
 
 def _run_function_trial(config: dict, setup: dict) -> None:
