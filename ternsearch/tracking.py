@@ -308,7 +308,8 @@ class MLflowTracker(WriteQueue, Callback):
         ops.append(self._op("log", tid, epoch=epoch, metrics=_metrics(values, epoch), tags=tags))
         self._last_epoch[tid] = epoch
         self._restart_noted[tid] = False
-        self._last[tid] = {k: result.get(k) for k in ("epoch", "early_stopped", "run_complete", "done")}
+        self._last[tid] = {k: result.get(k)
+                           for k in ("epoch", "early_stopped", "run_complete", "done", "diverged", "failed")}
         self._submit(*ops)
 
     def on_step_end(self, iteration, trials, **info):

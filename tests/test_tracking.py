@@ -550,3 +550,24 @@ def test_resumed_sweep_records_trials_tune_lost(tmp_path, store):
     roles = {r.data.tags["ternsearch.trial_id"]: (r.data.tags["ternsearch.role"], r.info.status)
              for r in _children(client, t2)}
     assert roles == {"keep_00000": ("trial", "KILLED"), "lost_00001": ("lost-trial", "KILLED")}
+
+
+def test_a_trial_asha_stops_on_its_failure_report_ends_failed(tmp_path, store):
+    """A trial that diverged or ran out of memory reports the worst value and then raises; ASHA may stop it on
+    that report first (Tune then calls on_trial_complete, not on_trial_error): its run still ends FAILED."""
+    t = _tracker(tmp_path, store, "toy-stopped-failure")
+    t.start()
+    nan, oom = _trial("nan_00000", lr=100.0), _trial("oom_00001", lr=0.1)
+    t.on_trial_start(0, [nan, oom], nan)
+    t.on_trial_result(0, [nan, oom], nan, _result(1, val_acc=0.0, diverged=True, run_complete=True))
+    t.on_trial_complete(0, [nan, oom], nan)
+    t.on_trial_start(0, [nan, oom], oom)
+    t.on_trial_result(0, [nan, oom], oom, _result(1))
+    t.on_trial_result(0, [nan, oom], oom, _result(2, val_acc=0.0, failed="out of memory in epoch 2 at ...",
+                                                   run_complete=True))
+    t.on_trial_complete(0, [nan, oom], oom)
+    client = _client(t)
+    ends = {r.data.tags["ternsearch.trial_id"]: (r.info.status, r.data.tags["ternsearch.status"])
+            for r in _children(client, t)}
+    assert ends == {"nan_00000": ("FAILED", "failed: diverged at epoch 1"),
+                    "oom_00001": ("FAILED", "failed: out of memory in epoch 2 at ...")}
