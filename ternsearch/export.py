@@ -96,15 +96,6 @@ def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = N
     return output
 
 
-def check_same_spec(results_dir: Path, meta: dict[str, Any], spec_file: Path) -> None:
-    """Refuse a results directory that another spec file (or another version of this one) made."""
-    from ternsearch.preflight import spec_digest
-
-    if meta.get("spec_sha256") != spec_digest(spec_file):
-        raise ResultsError(f"{results_dir}: made by another spec ({meta.get('spec_file')}), not by {spec_file} as it "
-                           "is now; give the spec that made it, or that spec's own results directory")
-
-
 def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
     """The results directory ``export`` reads: ``source`` itself, or the one the sweep of spec file ``source``
     writes. Given a spec (``source`` or ``spec_file``), the results must have been made by that very file."""
@@ -118,7 +109,10 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
     else:
         results = source
     if spec_file is not None:
-        check_same_spec(results, load_results_meta(results), spec_file)
+        from ternsearch.preflight import check_same_spec
+
+        check_same_spec(results, load_results_meta(results), spec_file,
+                        "give the spec that made it, or that spec's own results directory")
     return results
 
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from ternsearch.errors import PreflightError
+from ternsearch.errors import PreflightError, ResultsError
 from ternsearch.spec import SweepSpec
 
 __all__ = ["check_environment", "local_resources", "check_fits", "resolve_storage", "spec_digest"]
@@ -16,6 +16,14 @@ __all__ = ["check_environment", "local_resources", "check_fits", "resolve_storag
 
 def spec_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_same_spec(results_dir: Path, meta: dict, spec_file, hint: str) -> None:
+    """Refuse a results directory (its sweep.json: ``meta``) that another spec file, or another version of this
+    one, made: one line ending in ``hint`` (what to do instead)."""
+    if meta.get("spec_sha256") != spec_digest(spec_file):
+        raise ResultsError(f"{results_dir}: made by another spec ({meta.get('spec_file')}), not by {spec_file} as it "
+                           f"is now; {hint}")
 
 
 def resolve_storage(spec: SweepSpec, override: Optional[str]) -> str:
@@ -68,8 +76,7 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
     try:
         check_sources(spec.base_config())
     except RecipeError as exc:
-        key = str(exc).split(":", 1)[0]
-        raise PreflightError(str(loc.error(tuple(key.split(".")), str(exc).split(": ", 1)[1]))) from None
+        raise PreflightError(str(loc.error(tuple(exc.key.split(".")), exc.detail))) from None
     why = _unwritable(Path(storage)) if "://" not in storage else None
     if why:
         raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable: {why} (use a "

@@ -15,7 +15,7 @@ from ternsearch.spec import TrainFile
 
 __all__ = ["latest_checkpoint", "train_file"]
 
-CKPT_DIR = "checkpoints"
+CKPT_DIR = "checkpoints"  # trainables.checkpoint.RUN_CHECKPOINTS (not imported here: it pulls in torch)
 
 
 def latest_checkpoint(run_dir: Path, warn=print) -> Optional[Path]:
@@ -23,17 +23,9 @@ def latest_checkpoint(run_dir: Path, warn=print) -> Optional[Path]:
 
     A corrupted or truncated newer checkpoint is skipped with a warning, and the previous one is used.
     """
-    from trainables.checkpoint import CheckpointError, load_checkpoint
+    from trainables.checkpoint import latest_checkpoint as newest_usable
 
-    root = run_dir / CKPT_DIR if (run_dir / CKPT_DIR).is_dir() else run_dir
-    candidates = sorted((p for p in root.glob("epoch_*") if p.is_dir()), reverse=True)
-    for ckpt in candidates:
-        try:
-            load_checkpoint(ckpt)
-            return ckpt
-        except CheckpointError as exc:
-            warn(f"warning: skipping checkpoint {ckpt.name}: {exc}")
-    return None
+    return newest_usable(run_dir, warn)
 
 
 def _output_dir(tf: TrainFile, override: Optional[str]) -> Path:

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 from ternsearch.errors import PreflightError, ResultsError
 from ternsearch.mlflow_io import copy_redacted, without_credentials
-from ternsearch.preflight import check_environment, check_fits, local_resources, resolve_storage, spec_digest
+from ternsearch.preflight import (check_environment, check_fits, check_same_spec, local_resources, resolve_storage,
+                                  spec_digest)
 from ternsearch.records import SWEEP, read_trials
 from ternsearch.spec import SweepSpec, load_spec
 
@@ -178,11 +179,9 @@ def _check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
     if resume:
         if not meta_path.exists():
             raise ResultsError(f"{results_dir}: no sweep to resume here (no {SWEEP}); run without --resume")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("spec_sha256") != spec_digest(spec_file):
-            raise ResultsError(f"{results_dir}: made by another spec ({meta.get('spec_file')}), not by {spec_file} "
-                               "as it is now; --resume needs the very file that started it (or change name: or "
-                               "storage.path to start a new sweep)")
+        check_same_spec(results_dir, json.loads(meta_path.read_text()), spec_file,
+                        "--resume needs the very file that started it (or change name: or storage.path to start a "
+                        "new sweep)")
     elif meta_path.exists():
         raise ResultsError(f"{results_dir}: a sweep named '{results_dir.name}' already exists there "
                            "(use --resume to continue it, or change name: / storage.path)")

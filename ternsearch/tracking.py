@@ -44,8 +44,8 @@ from ternsearch.errors import TrackingError
 from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
                                   _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
                                   _pip_requirements, _quote, _redact, _search_all, _tags, _using_tracking_uri,
-                                  check_reachable, default_tracking_uri, flatten_config, log_single_run,
-                                  without_credentials)
+                                  check_reachable, copy_redacted, default_tracking_uri, flatten_config,
+                                  log_single_run, without_credentials)
 from ternsearch.records import LOST_REASON
 from ternsearch.tracking_queue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
 
@@ -168,7 +168,7 @@ class MLflowTracker(WriteQueue, Callback):
         if Path(self.spec_file).is_file():  # with any credentials in it (a tracking URI's user:password) masked
             with tempfile.TemporaryDirectory(prefix="ternsearch-spec-") as tmp:
                 copy = Path(tmp) / Path(self.spec_file).name
-                copy.write_text(_redact(Path(self.spec_file).read_text()))
+                copy_redacted(self.spec_file, copy)
                 client.log_artifact(run_id, str(copy), "spec")
         return run_id
 

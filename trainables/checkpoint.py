@@ -11,14 +11,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-__all__ = ["CheckpointError", "STATE_FILE", "MANIFEST_FILE", "save_checkpoint", "load_checkpoint", "read_manifest"]
+__all__ = ["CheckpointError", "STATE_FILE", "MANIFEST_FILE", "RUN_CHECKPOINTS", "save_checkpoint", "load_checkpoint",
+           "read_manifest", "latest_checkpoint"]
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
+RUN_CHECKPOINTS = "checkpoints"  # a `ternsearch train` run directory keeps its epoch_NNNN checkpoints here
 
 
 class CheckpointError(Exception):
@@ -78,3 +80,19 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
         raise CheckpointError(f"{state_path}: refused to load ({type(exc).__name__}: {exc})") from None
     return state, manifest
+
+
+def latest_checkpoint(run_dir: str | Path, warn=None) -> Optional[Path]:
+    """The newest checkpoint of a run directory (``epoch_NNNN`` directories under ``run_dir/checkpoints``, or
+    under ``run_dir`` itself) that passes ``load_checkpoint``'s integrity check, or None. A corrupted or truncated
+    newer one is skipped (``warn(message)`` is told why) and the previous one is used."""
+    run_dir = Path(run_dir)
+    root = run_dir / RUN_CHECKPOINTS if (run_dir / RUN_CHECKPOINTS).is_dir() else run_dir
+    for ckpt in sorted((p for p in root.glob("epoch_*") if p.is_dir()), reverse=True):
+        try:
+            load_checkpoint(ckpt)
+            return ckpt
+        except CheckpointError as exc:
+            if warn is not None:
+                warn(f"warning: skipping checkpoint {ckpt.name}: {exc}")
+    return None

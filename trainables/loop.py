@@ -30,11 +30,12 @@ from trainables.augment import BatchAugment, normalize
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrainConfig
 from trainables.data import make_split
-from trainables.failures import DivergedError, OutOfMemoryError, TrialFailure, failure_reason
+from trainables.failures import DivergedError, OutOfMemoryError
 from trainables.models import build_model
 from trainables.ternary import latent_weight_params, overall_zero_frac, ternary_stats
 
-__all__ = ["DivergedError", "OutOfMemoryError", "Report", "TrialFailure", "failure_reason", "evaluate", "model_from_checkpoint", "pick_device", "resolve_precision", "run"]
+__all__ = ["DivergedError", "OutOfMemoryError", "Report", "evaluate", "model_from_checkpoint", "pick_device",
+           "resolve_precision", "run"]
 
 Report = Callable[[dict[str, Any], Optional[str]], None]
 

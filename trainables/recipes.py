@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
+from trainables.checkpoint import RUN_CHECKPOINTS, CheckpointError, latest_checkpoint, load_checkpoint
 from trainables.ternary import ternary_modules
 
 __all__ = ["RecipeError", "distill_loss", "load_teacher", "quant_mix", "set_quant_mix", "warm_start"]
 
 
 class RecipeError(ValueError):
-    """A weight source that cannot be read, or that does not fit the model."""
+    """A weight source that cannot be read, or that does not fit the model. ``key`` names the config key that
+    gave the source (``model.init_from``, ``train.distill_from``) when the check knows it."""
+
+    def __init__(self, message: str, key: Optional[str] = None):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key, self.detail = key, message
 
 
 def _is_mlflow_uri(source: str) -> bool:
@@ -32,14 +38,11 @@ def _is_mlflow_uri(source: str) -> bool:
 
 def _checkpoint_dir(source: str) -> Path:
     path = Path(source).expanduser()
-    if (path / "checkpoints").is_dir():  # a `ternsearch train` run directory: its newest usable checkpoint
-        for ckpt in sorted((p for p in (path / "checkpoints").glob("epoch_*") if p.is_dir()), reverse=True):
-            try:
-                read_manifest(ckpt)
-                return ckpt
-            except CheckpointError:
-                continue
-        raise RecipeError(f"{source}: no usable checkpoint under {path / 'checkpoints'}")
+    if (path / RUN_CHECKPOINTS).is_dir():  # a `ternsearch train` run directory: its newest usable checkpoint
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise RecipeError(f"{source}: no usable checkpoint under {path / RUN_CHECKPOINTS}")
+        return newest
     if not (path / "manifest.json").is_file():
         raise RecipeError(f"{source}: not a checkpoint directory, a `ternsearch train` run directory or an MLflow "
                           "model URI (models:/NAME/VERSION, runs:/RUN_ID/model)")
@@ -140,4 +143,4 @@ def check_sources(cfg) -> None:
             try:
                 _checkpoint_dir(source)
             except RecipeError as exc:
-                raise RecipeError(f"{key}: {exc}") from None
+                raise RecipeError(str(exc), key) from None
