@@ -37,7 +37,7 @@ def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[st
     meta = load_results_meta(results_dir)
     trials = read_trials(results_dir)
     if not pick:
-        best = best_trial(trials, meta["metric"], meta["mode"])
+        best = best_trial(trials, meta["metric"], meta["mode"], meta.get("objectives"))
         if best is None:
             raise ResultsError(f"{results_dir}: no trial has reported {meta['metric']} yet")
         return meta, best

@@ -25,11 +25,21 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def best_trial(trials: dict, metric: str, mode: str) -> Optional[dict]:
-    """The trial with the best last-reported metric; completed trials first, then any that reported."""
+def best_trial(trials: dict, metric: str, mode: str, objectives: Optional[list] = None) -> Optional[dict]:
+    """The trial with the best last-reported metric; completed trials first, then any that reported.
+
+    With several ``objectives`` (``[[name, mode], ...]``, the first being ``metric``), ties on the first are broken
+    by the next ones in order, so the choice is never a trial another completed trial beats on every objective."""
+    rest = [(n, m) for n, m in (objectives or []) if n != metric]
+
+    def signed(value, m):
+        if not isinstance(value, (int, float)):
+            return float("-inf")
+        return value if m == "max" else -value
+
     def key(t):
-        v = t["last"].get(metric)
-        return v if mode == "max" else -v
+        last = t["last"]
+        return (signed(last.get(metric), mode), *(signed(last.get(n), m) for n, m in rest))
 
     reported = [t for t in trials.values() if isinstance(t.get("last", {}).get(metric), (int, float))
                 and t["status"] != "failed"]
@@ -298,7 +308,7 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
 def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[str, Any]:
     from ternsearch.export import write_best_config
 
-    best = best_trial(trials, spec.metric.name, spec.metric.mode)
+    best = best_trial(trials, spec.metric.name, spec.metric.mode, [[m.name, m.mode] for m in spec.objectives])
     summary: dict[str, Any] = {"results": str(results_dir), "tracking_uri": meta.get("tracking_uri"),
                                "trials": len(trials),
                                "statuses": {s: sum(t["status"] == s for t in trials.values())

@@ -68,3 +68,21 @@ def test_two_objectives_give_a_pareto_front_to_pick_from(tmp_path, data_root, al
     bad = cli("export", str(results), "--pick", "val_loss", "-o", str(tmp_path / "x.yaml"), cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.strip() == (
         "--pick val_loss: 'val_loss' is not an objective of sweep 'mo' (choose from: val_acc, ternary_zero_frac)")
+
+
+def test_best_trial_breaks_ties_on_the_first_objective_by_the_others():
+    from ternsearch.sweep import best_trial, pareto_trials
+
+    def trial(tid, acc, zero, status="completed"):
+        return tid, {"trial_id": tid, "status": status, "last": {"val_acc": acc, "ternary_zero_frac": zero}}
+
+    objectives = [["val_acc", "max"], ["ternary_zero_frac", "max"]]
+    # "a" comes first and ties "b" on val_acc, but "b" is sparser: "a" is dominated and must not be chosen.
+    trials = dict([trial("a", 0.5, 0.30), trial("b", 0.5, 0.40), trial("c", 0.4, 0.90),
+                   trial("d", 0.9, 0.10, status="failed")])
+    best = best_trial(trials, "val_acc", "max", objectives)
+    assert best["trial_id"] == "b"
+    assert best["trial_id"] in {t["trial_id"] for t in pareto_trials(trials, objectives)}
+    # A minimized second objective breaks the tie the other way; one objective keeps the first-seen trial.
+    assert best_trial(trials, "val_acc", "max", [["val_acc", "max"], ["ternary_zero_frac", "min"]])["trial_id"] == "a"
+    assert best_trial(trials, "val_acc", "max")["trial_id"] == "a"
