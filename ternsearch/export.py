@@ -9,7 +9,7 @@ from typing import Any, Optional
 import yaml
 
 from ternsearch.errors import ResultsError
-from ternsearch.records import SWEEP, read_trials
+from ternsearch.recordfiles import SWEEP, read_trials
 
 __all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
 

@@ -64,19 +64,21 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
     Raises:
         PreflightError: one line naming the file, the key and what to do.
     """
-    from trainables.data import DataError, check_data
+    from trainables.datafiles import DataError, check_data
 
     loc = spec.located
     try:
         check_data(spec.data)
     except DataError as exc:
         raise PreflightError(str(loc.error(("data", "root") if spec.data.root else ("data",), str(exc)))) from None
-    from trainables.recipes import RecipeError, check_sources
+    base = spec.base_config()
+    if base.model.init_from or base.train.distill_from:  # trainables.recipes imports torch: only when needed
+        from trainables.recipes import RecipeError, check_sources
 
-    try:
-        check_sources(spec.base_config())
-    except RecipeError as exc:
-        raise PreflightError(str(loc.error(tuple(exc.key.split(".")), exc.detail))) from None
+        try:
+            check_sources(base)
+        except RecipeError as exc:
+            raise PreflightError(str(loc.error(tuple(exc.key.split(".")), exc.detail))) from None
     why = _unwritable(Path(storage)) if "://" not in storage else None
     if why:
         raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable: {why} (use a "

@@ -16,13 +16,11 @@ from typing import Any, Optional
 
 from ray import tune
 
+from ternsearch.recordfiles import HISTORY, SWEEP, TRIALS, read_history, read_trials  # noqa: F401 - re-exported
 from trainables.failures import failure_reason
 
 __all__ = ["SweepRecorder", "read_history", "read_trials", "trial_status", "HISTORY", "TRIALS", "SWEEP"]
 
-HISTORY = "history.jsonl"
-TRIALS = "trials.json"
-SWEEP = "sweep.json"
 
 _SKIP = {"config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",
          "time_since_restore", "iterations_since_restore", "training_iteration", "checkpoint_dir_name",
@@ -184,20 +182,3 @@ class SweepRecorder(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, errored=True)
-
-
-def read_trials(results_dir: Path) -> dict:
-    path = Path(results_dir) / TRIALS
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def read_history(results_dir: Path) -> list[dict]:
-    """All results, the last line kept per (trial_id, epoch)."""
-    path = Path(results_dir) / HISTORY
-    rows: dict[tuple, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[(row.get("trial_id"), row.get("epoch"))] = row
-    return sorted(rows.values(), key=lambda r: (str(r.get("trial_id")), r.get("epoch", 0)))

@@ -61,7 +61,7 @@ def infer_param(name: str, seen: Sequence[Any]) -> Param:
 def load_results(results_dir: str | Path) -> Results:
     """Read a results directory (``ResultsError`` if it is not one)."""
     from ternsearch.export import load_results_meta
-    from ternsearch.records import read_history, read_trials
+    from ternsearch.recordfiles import read_history, read_trials
     from ternsearch.space import ordered
     from ternsearch.spec import load_spec
 

@@ -53,6 +53,11 @@ class ResourcesConfig(_Strict):
     trainer: Literal["auto", "torchtrainer", "function"] = "auto"
     driver_resources: dict[str, float] = Field(default_factory=dict)
 
+    @property
+    def trial_mode(self) -> str:
+        """"function" (the loop runs in the Tune trial's own process) or "torchtrainer" (Ray Train per trial)."""
+        return "function" if self.workers_per_trial == 1 and self.trainer != "torchtrainer" else "torchtrainer"
+
 
 class StorageConfig(_Strict):
     path: str = "~/ternsearch-results"

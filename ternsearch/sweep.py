@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +16,6 @@ from ternsearch.errors import PreflightError, ResultsError
 from ternsearch.mlflow_io import copy_redacted, without_credentials
 from ternsearch.preflight import (check_environment, check_fits, check_same_spec, local_resources, resolve_storage,
                                   spec_digest)
-from ternsearch.records import SWEEP, read_trials
 from ternsearch.spec import SweepSpec, load_spec
 
 __all__ = ["sweep_command", "run_sweep", "best_trial"]
@@ -143,14 +143,40 @@ def records_dir(name: str, storage_path: str) -> Path:
     return Path(storage_path) / name
 
 
-def _cluster(address: Optional[str]) -> tuple[dict[str, float], Nodes]:
-    """The cluster's resources, all nodes together, and node by node (nodes its autoscaler may add included)."""
+# What the driver imports after Ray is up (about 3 s together on the 2-core machine): imported on a thread while
+# ray.init waits for its processes, they cost the sweep nothing. Import errors surface later, at the real import.
+_WARM_MODULES = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.pytorch", "optuna",
+                 "ternsearch.tuner", "ternsearch.tracking", "ternsearch.records", "ternsearch.progress",
+                 "ternsearch.report")
+
+
+def _warm_imports() -> threading.Thread:
+    import importlib
+
+    def run():
+        for name in _WARM_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - reported where the module is really imported
+                pass
+
+    thread = threading.Thread(target=run, name="ternsearch-warm-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+def _cluster(address: Optional[str], dashboard: bool = True) -> tuple[dict[str, float], Nodes]:
+    """The cluster's resources, all nodes together, and node by node (nodes its autoscaler may add included).
+
+    A local Ray (no ``address``) is started with its dashboard on loopback only when ``dashboard`` is true: Ray
+    Train V2 polls the State API the dashboard serves, but trials that run in their Tune process do not, and the
+    dashboard's processes cost ~1 s of start-up and ~1.4 s of CPU (benchmarks/trial_overhead.py --ray-init)."""
     import ray
 
     kwargs = {}
     if address is None:
-        # A local Ray: its dashboard (needed by the State API that Train V2 polls) listens on loopback only.
-        kwargs = {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+        kwargs = ({"include_dashboard": True, "dashboard_host": "127.0.0.1"} if dashboard
+                  else {"include_dashboard": False})
     ray.init(address=address, ignore_reinit_error=True, configure_logging=True, logging_level="WARNING", **kwargs)
     nodes: Nodes = [({k: float(v) for k, v in n["Resources"].items()}, 1) for n in ray.nodes() if n.get("Alive")]
     if address is not None:
@@ -185,6 +211,8 @@ def _check_one_node(spec: SweepSpec, plan, where: str) -> None:
 
 
 def _check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
+    from ternsearch.recordfiles import SWEEP
+
     meta_path = results_dir / SWEEP
     if resume:
         if not meta_path.exists():
@@ -213,7 +241,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
               tracking_uri: Optional[str] = None, resume: bool = False, dry_run: bool = False,
               quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths)."""
-    from ternsearch.tracking import check_reachable, default_tracking_uri
+    from ternsearch.mlflow_io import check_reachable, default_tracking_uri
 
     storage_path = resolve_storage(spec, storage)
     results_dir = records_dir(spec.name, storage_path)
@@ -222,12 +250,18 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     uri = default_tracking_uri(results_dir, tracking_uri or spec.tracking.uri)
     if spec.tracking.enabled:
         check_reachable(uri)  # an unreachable server: one line, in seconds, before Ray starts
-    from ternsearch.tuner import make_plan
-
     if dry_run and address is None:
         cluster, nodes = local_resources(), None
     else:
-        cluster, nodes = _cluster(address)
+        import ray
+
+        warm = _warm_imports()
+        owns_ray = not ray.is_initialized()
+        dashboard = spec.resources.trial_mode == "torchtrainer" or os.environ.get("TERNSEARCH_RAY_DASHBOARD") == "1"
+        cluster, nodes = _cluster(address, dashboard=dashboard)
+        warm.join()
+    from ternsearch.tuner import make_plan
+
     plan = make_plan(spec, cluster, nodes)
     where = "this machine" if address is None else f"the cluster at {address}"
     check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1,
@@ -236,12 +270,22 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     _say(_describe_plan(spec, plan, str(results_dir), without_credentials(uri)))
     if dry_run:
         return {"dry_run": True, "plan": plan.__dict__}
-    return _execute(spec, plan, storage_path, results_dir, uri, resume=resume, quiet=quiet)
+    return _execute(spec, plan, storage_path, results_dir, uri, resume=resume, quiet=quiet, owns_ray=owns_ray)
 
 
-def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> dict[str, Any]:
+def _shutdown_ray_in_background() -> threading.Thread:
+    """Stop the Ray instance this sweep started while the driver logs the model and writes the report (it takes
+    ~1.3 s and needs no CPU of the driver's). Nothing after tuner.fit() uses Ray."""
+    import ray
+
+    thread = threading.Thread(target=ray.shutdown, name="ternsearch-ray-shutdown", daemon=True)
+    thread.start()
+    return thread
+
+
+def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_ray=False) -> dict[str, Any]:
     from ternsearch.progress import SweepProgress
-    from ternsearch.records import SweepRecorder
+    from ternsearch.records import SWEEP, SweepRecorder
     from ternsearch.tracking import MLflowTracker, flatten_config
     from ternsearch.tuner import build_tuner, restore_tuner
 
@@ -294,6 +338,17 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet) -> di
     finally:
         if tracker is not None and status != "FINISHED":
             tracker.close(status)
+    stopping = _shutdown_ray_in_background() if owns_ray else None
+    try:
+        return _after_fit(spec, results_dir, meta, tracker, status)
+    finally:
+        if stopping is not None:
+            stopping.join()
+
+
+def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dict[str, Any]:
+    from ternsearch.recordfiles import read_trials
+
     trials = read_trials(results_dir)
     unfinished = [t for t in trials.values() if t["status"] == "running"]
     if status == "KILLED" or unfinished:

@@ -72,7 +72,7 @@ def make_plan(spec: SweepSpec, cluster: dict[str, float],
     r = spec.resources
     use_gpu = cluster.get("GPU", 0) > 0 if r.use_gpu == "auto" else bool(r.use_gpu)
     gpus = r.gpus_per_worker if use_gpu else 0.0
-    mode = "function" if r.workers_per_trial == 1 and r.trainer != "torchtrainer" else "torchtrainer"
+    mode = r.trial_mode
     per_trial = {"CPU": r.cpus_per_worker * r.workers_per_trial}
     if gpus:
         per_trial["GPU"] = gpus * r.workers_per_trial
