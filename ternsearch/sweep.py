@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -262,7 +263,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
         warm.join()
     from ternsearch.tuner import make_plan
 
-    plan = make_plan(spec, cluster, nodes)
+    plan = dataclasses.replace(make_plan(spec, cluster, nodes), local=address is None)
     where = "this machine" if address is None else f"the cluster at {address}"
     check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1,
                storage=storage, tracking_uri=tracking_uri)
@@ -287,7 +288,10 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_
     from ternsearch.progress import SweepProgress
     from ternsearch.records import SWEEP, SweepRecorder
     from ternsearch.tracking import MLflowTracker, flatten_config
-    from ternsearch.tuner import build_tuner, restore_tuner
+    from ternsearch.tuner import build_tuner, prestart_train_services, restore_tuner
+
+    if plan.mode == "torchtrainer":
+        prestart_train_services()
 
     results_dir.mkdir(parents=True, exist_ok=True)
     meta_path = results_dir / SWEEP

@@ -14,6 +14,7 @@ Either way, the trial restarts from its latest checkpoint after a failure.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Optional
 
@@ -215,7 +216,11 @@ def _run_torchtrainer_trial(config: dict, setup: dict) -> None:
     if setup["use_gpu"]:
         res["GPU"] = setup["gpus_per_worker"]
     trial_id = tune.get_context().get_trial_id()
-    trainer = TorchTrainer(
+    if setup.get("local_cluster"):
+        # Train's preemption watcher polls for nodes being drained (spot instances); a local Ray has none, and its
+        # extra process would start just while the workers set up (benchmarks/trial_overhead.py).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    trainer = _lean(TorchTrainer)(
         worker_fn,
         train_loop_config={"config": config, "setup": setup},
         torch_config=TorchConfig(backend="nccl" if setup["use_gpu"] else "gloo"),
@@ -233,6 +238,25 @@ def _run_torchtrainer_trial(config: dict, setup: dict) -> None:
         ),
     )
     trainer.fit()
+
+
+def _lean(trainer_cls):
+    """``trainer_cls`` without Train's placement-group cleaner: a detached actor, started with every fit, that
+    polls the State API to remove the workers' placement group when the controller dies. The sweep driver does
+    that itself (ternsearch.tuner.ReleaseTrainResources), and the cleaner's process start and blocking
+    registration sit on every DDP trial's way to its first step. Checked against ray 2.60; if Train's internals
+    move, the full trainer is used."""
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return trainer_cls
+
+    class LeanTrainer(trainer_cls):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return LeanTrainer
 
 
 def _quiet_logs() -> None:
