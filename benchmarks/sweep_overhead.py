@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ storage: {{path: {storage}}}
 RAY_INIT = """\
 import time; t0 = time.perf_counter()
 import ray; t1 = time.perf_counter()
-ray.init(num_cpus={cpus}, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
+ray.init(num_cpus={cpus}, include_dashboard={dashboard}, dashboard_host="127.0.0.1", logging_level="WARNING")
 t2 = time.perf_counter(); ray.shutdown(); t3 = time.perf_counter()
 print(t1 - t0, t2 - t1, t3 - t2)
 """
@@ -63,9 +64,9 @@ def _env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING_URI"))}
 
 
-def bare_ray_init(cpus: int) -> tuple[float, float, float]:
-    out = subprocess.run([sys.executable, "-c", RAY_INIT.format(cpus=cpus)], env=_env(), text=True,
-                         capture_output=True, check=True).stdout.split()
+def bare_ray_init(cpus: int, dashboard: bool = True) -> tuple[float, float, float]:
+    out = subprocess.run([sys.executable, "-c", RAY_INIT.format(cpus=cpus, dashboard=dashboard)], env=_env(),
+                         text=True, capture_output=True, check=True).stdout.split()
     return tuple(float(x) for x in out[-3:])  # type: ignore[return-value]
 
 
@@ -121,9 +122,15 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     print(f"machine: {cpus} CPUs; {load()}")
     if not a.skip_ray_init:
-        imp, init, down = bare_ray_init(cpus)
-        print(f"bare ray.init() in a fresh process (dashboard on, as the sweep does): import ray {imp:.2f} s, "
-              f"init {init:.2f} s, shutdown {down:.2f} s  ({load()})")
+        # Alternated, 3 of each: the sweep starts a local Ray without its dashboard when no trial uses Ray Train.
+        runs: dict[bool, list] = {True: [], False: []}
+        for _ in range(3):
+            for dashboard in (True, False):
+                runs[dashboard].append(bare_ray_init(cpus, dashboard))
+        for dashboard in (True, False):
+            imp, init, down = (statistics.median(r[i] for r in runs[dashboard]) for i in range(3))
+            print(f"bare ray.init() in a fresh process, dashboard {'on ' if dashboard else 'off'} (median of 3): "
+                  f"import ray {imp:.2f} s, init {init:.2f} s, shutdown {down:.2f} s  ({load()})")
     with tempfile.TemporaryDirectory(prefix="ternsearch-bench-") as d:
         tmp = Path(d)
         name = "overhead"

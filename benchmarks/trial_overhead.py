@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def _cli(*args: str, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
 
 
 def _startup(tmp: Path, name: str, workers: int, trainer: str, subset: int) -> dict:
+    tmp.mkdir(parents=True, exist_ok=True)
     spec = tmp / f"{name}.yaml"
     spec.write_text(SPEC.format(name=name, subset=subset, epochs=1, workers=workers, cpus=1, trainer=trainer,
                                 storage=tmp / "results"))
@@ -73,7 +75,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subset", type=int, default=2000, help="images for the start-up trials")
     ap.add_argument("--wall-subset", type=int, default=10000, help="images for the wall-ratio run")
-    ap.add_argument("--wall-epochs", type=int, default=5, help="epochs of the wall-ratio run (aim at ~60 s)")
+    ap.add_argument("--wall-epochs", type=int, default=7, help="epochs of the wall-ratio run (aim at ~60 s)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs of each kind, alternated; medians are printed (every run is listed)")
     ap.add_argument("--skip-wall", action="store_true")
     ap.add_argument("--skip-startup", action="store_true")
     a = ap.parse_args()
@@ -85,26 +89,45 @@ def main() -> None:
         tmp = Path(d)
         if not a.skip_startup:
             print("trial start -> first training step (1-epoch trial, tinynet):")
-            for name, workers, trainer in (("function", 1, "function"), ("torchtrainer1", 1, "torchtrainer"),
-                                           ("torchtrainer2", 2, "torchtrainer")):
-                r = _startup(tmp, name, workers, trainer, a.subset)
-                print(f"  {name:<14} {workers} worker(s): {r['start_to_first_step']:6.2f} s to first step "
-                      f"({r['start_to_loop']:.2f} s to enter the loop); whole CLI run {r['sweep_wall']:.1f} s")
+            kinds = (("function", 1, "function"), ("torchtrainer1", 1, "torchtrainer"),
+                     ("torchtrainer2", 2, "torchtrainer"))
+            runs: dict[str, list[dict]] = {name: [] for name, _, _ in kinds}
+            for i in range(a.repeat):
+                for name, workers, trainer in kinds:
+                    runs[name].append(_startup(tmp / f"{name}-{i}", name, workers, trainer, a.subset))
+            for name, workers, _ in kinds:
+                rs = runs[name]
+                first = statistics.median(r["start_to_first_step"] for r in rs)
+                loop = statistics.median(r["start_to_loop"] for r in rs)
+                wall = statistics.median(r["sweep_wall"] for r in rs)
+                each = ", ".join(f"{r['start_to_first_step']:.2f}" for r in rs)
+                print(f"  {name:<14} {workers} worker(s): {first:6.2f} s to first step ({loop:.2f} s to enter the "
+                      f"loop); whole CLI run {wall:.1f} s  [runs: {each}]")
         if not a.skip_wall:
-            name = "wall"
-            (tmp / "sweep.yaml").write_text(SPEC.format(
-                name=name, subset=a.wall_subset, epochs=a.wall_epochs, workers=1, cpus=os.cpu_count() or 1,
-                trainer="function", storage=tmp / "results"))
-            (tmp / "train.yaml").write_text(TRAIN.format(name=name, subset=a.wall_subset, epochs=a.wall_epochs,
-                                                         out=tmp / "train-out"))
-            sweep_wall, _ = _cli("sweep", str(tmp / "sweep.yaml"), "-q", cwd=tmp)
-            train_wall, _ = _cli("train", str(tmp / "train.yaml"), "-q", cwd=tmp)
-            hist = [json.loads(x) for x in (tmp / "results" / name / "history.jsonl").read_text().splitlines()]
-            train_s = sum(h["epoch_seconds"] for h in hist)
-            print(f"wall, {a.wall_epochs} epochs x {int(a.wall_subset * 0.9)} images, {os.cpu_count()} threads:")
-            print(f"  ternsearch sweep (1 trial): {sweep_wall:6.1f} s (of which epochs {train_s:.1f} s)")
-            print(f"  ternsearch train          : {train_wall:6.1f} s")
-            print(f"  ratio sweep/train         : {sweep_wall / train_wall:6.3f}  (target <= 1.10)")
+            sweeps, trains, epochs, ratios = [], [], [], []
+            for i in range(a.repeat):  # alternated, so drifts in the machine's speed hit both alike
+                name, run = "wall", tmp / f"wall-{i}"
+                run.mkdir()
+                (run / "sweep.yaml").write_text(SPEC.format(
+                    name=name, subset=a.wall_subset, epochs=a.wall_epochs, workers=1, cpus=os.cpu_count() or 1,
+                    trainer="function", storage=run / "results"))
+                (run / "train.yaml").write_text(TRAIN.format(name=name, subset=a.wall_subset, epochs=a.wall_epochs,
+                                                             out=run / "train-out"))
+                sweep_wall, _ = _cli("sweep", str(run / "sweep.yaml"), "-q", cwd=run)
+                train_wall, _ = _cli("train", str(run / "train.yaml"), "-q", cwd=run)
+                hist = [json.loads(x) for x in (run / "results" / name / "history.jsonl").read_text().splitlines()]
+                sweeps.append(sweep_wall)
+                trains.append(train_wall)
+                epochs.append(sum(h["epoch_seconds"] for h in hist))
+                ratios.append(sweep_wall / train_wall)
+            med = statistics.median
+            print(f"wall, {a.wall_epochs} epochs x {int(a.wall_subset * 0.9)} images, {os.cpu_count()} threads, "
+                  f"median of {a.repeat} alternated runs:")
+            print(f"  ternsearch sweep (1 trial): {med(sweeps):6.1f} s (of which epochs {med(epochs):.1f} s)  "
+                  f"[runs: {', '.join(f'{x:.1f}' for x in sweeps)}]")
+            print(f"  ternsearch train          : {med(trains):6.1f} s  [runs: {', '.join(f'{x:.1f}' for x in trains)}]")
+            print(f"  ratio sweep/train         : {med(ratios):6.3f}  (target <= 1.10)  "
+                  f"[runs: {', '.join(f'{x:.3f}' for x in ratios)}]")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -171,7 +171,7 @@ def _cluster(address: Optional[str], dashboard: bool = True) -> tuple[dict[str, 
 
     A local Ray (no ``address``) is started with its dashboard on loopback only when ``dashboard`` is true: Ray
     Train V2 polls the State API the dashboard serves, but trials that run in their Tune process do not, and the
-    dashboard's processes cost ~1 s of start-up and ~1.4 s of CPU (benchmarks/trial_overhead.py --ray-init)."""
+    dashboard's processes cost about a second of start-up on 2 cores (benchmarks/sweep_overhead.py)."""
     import ray
 
     kwargs = {}

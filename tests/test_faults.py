@@ -289,8 +289,12 @@ resources: {{workers_per_trial: 2, cpus_per_worker: 1}}
 storage: {{path: {tmp_path / 'results'}}}
 tracking: {{enabled: false}}
 """)
+    from ternsearch.sweep import _cluster
+
+    _cluster(None)  # Ray started here, as the sweep would start it, outlives the sweep (which stops only its own)
     try:
         summary = run_sweep(load_spec(path), quiet=True)
+        assert ray.is_initialized()
         trials = json.loads((tmp_path / "results" / "pg" / "trials.json").read_text())
         assert summary["trials"] == len(trials) == 3
         assert all(t["status"] in ("completed", "stopped") for t in trials.values())
