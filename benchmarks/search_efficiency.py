@@ -13,7 +13,7 @@ replayed epoch is not counted), and the epochs ASHA+TPE needed to reach random s
 history in the order the results arrived. Target: <= 1/3 of random search's epochs.
 
 Then Tune's own bookkeeping rate: results per second handled for a trivial function trainable (200 trials x
-20 ``tune.report`` each, 0.01 CPU each, actors reused), next to Ray's published figure.
+20 ``tune.report`` each, 1 CPU each, actors reused), next to Ray's published figure.
 
 Defaults finish in about 10 minutes on 2 idle cores; tracking (MLflow) is off unless --tracking.
 
@@ -128,7 +128,11 @@ def bookkeeping(a: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="ternsearch-bench-tune-") as d:
             tuner = tune.Tuner(
-                tune.with_resources(trivial, {"cpu": 0.01}),
+                # A whole CPU per trial, as a sweep's trials take: with a fraction (0.01 was tried) Tune could start
+                # a new actor for a trial before the finished one was free to be reused, and in about one run of
+                # three every one of the 200 trials got a new worker process (the raylet's log shows ~200 of
+                # them), which ran 15x slower on this 2-core machine.
+                tune.with_resources(trivial, {"cpu": 1}),
                 param_space={"x": tune.uniform(0, 1), "reports": a.bk_reports},
                 tune_config=tune.TuneConfig(num_samples=a.bk_trials, max_concurrent_trials=a.bk_concurrent,
                                             reuse_actors=True),
@@ -141,7 +145,7 @@ def bookkeeping(a: argparse.Namespace) -> None:
         n = sum(int(r.metrics.get("training_iteration", 0)) for r in results)
         times = arrivals.times
         steady = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
-        print(f"Tune bookkeeping: {a.bk_trials} trivial trials x {a.bk_reports} reports, 0.01 CPU each, "
+        print(f"Tune bookkeeping: {a.bk_trials} trivial trials x {a.bk_reports} reports, 1 CPU each, "
               f"{a.bk_concurrent} at once, actors reused, default loggers: {n} results in {wall:.1f} s of fit() = "
               f"{n / wall:.0f} results/s, {a.bk_trials / wall:.1f} trials/s; first to last result "
               f"{times[-1] - times[0]:.1f} s = {steady:.0f} results/s  ({load()})")
