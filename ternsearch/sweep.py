@@ -145,23 +145,36 @@ def records_dir(name: str, storage_path: str) -> Path:
 
 
 # What the driver imports after Ray is up (about 3 s together on the 2-core machine): imported on a thread while
-# ray.init waits for its processes, they cost the sweep nothing. Import errors surface later, at the real import.
+# ray.init waits for its processes, they cost the sweep little. Import errors surface later, at the real import.
 _WARM_MODULES = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.pytorch", "optuna",
                  "ternsearch.tuner", "ternsearch.tracking", "ternsearch.records", "ternsearch.progress",
                  "ternsearch.report")
+# Modules both ray.init (ray 2.60) and the imports above load. They are imported first, on the main thread, so that
+# no module is imported by both threads at once: a circular import spanning two threads raises importlib's
+# _DeadlockError. tests/test_startup.py checks that nothing else is shared.
+_SHARED_WITH_RAY_INIT = (
+    "argparse", "ctypes.util", "email.contentmanager", "email.headerregistry", "email.policy", "gzip", "pkgutil",
+    "socketserver", "timeit", "click", "ray._common.usage.usage_lib", "ray.dashboard", "opentelemetry.metrics",
+    "opentelemetry.proto", "opentelemetry.trace", "opentelemetry.sdk.resources", "opentelemetry.sdk.util._configurator",
+    "opentelemetry.sdk.environment_variables._internal",
+    "opentelemetry.sdk.util.instrumentation", "opentelemetry.semconv._incubating.attributes.otel_attributes",
+    "opentelemetry.semconv._incubating.metrics.otel_metrics")
+
+
+def _import_all(names) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - reported where the module is really imported
+            pass
 
 
 def _warm_imports() -> threading.Thread:
-    import importlib
-
-    def run():
-        for name in _WARM_MODULES:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - reported where the module is really imported
-                pass
-
-    thread = threading.Thread(target=run, name="ternsearch-warm-imports", daemon=True)
+    _import_all(_SHARED_WITH_RAY_INIT)  # ~0.03 s: ray has loaded most of their packages already
+    thread = threading.Thread(target=_import_all, args=(_WARM_MODULES,), name="ternsearch-warm-imports",
+                              daemon=True)
     thread.start()
     return thread
 

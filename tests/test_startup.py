@@ -41,3 +41,39 @@ def test_spec_and_preflight_checks_import_neither_torch_nor_tune(tmp_path, data_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
     assert not (tmp_path / "results").exists()  # the checks write nothing
+
+
+SHARED = """\
+import json, sys
+import ray
+from ternsearch import sweep
+sweep._import_all(sweep._SHARED_WITH_RAY_INIT)
+before = set(sys.modules)
+ray.init(include_dashboard=False, logging_level="ERROR")
+by_init = set(sys.modules) - before
+ray.shutdown()
+print(json.dumps(sorted(by_init)))
+"""
+
+WARM = """\
+import json, sys
+import ray
+from ternsearch import sweep
+sweep._import_all(sweep._SHARED_WITH_RAY_INIT)
+before = set(sys.modules)
+sweep._import_all(sweep._WARM_MODULES)
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_warm_imports_share_no_module_with_ray_init(tmp_path):
+    """The sweep imports its heavy modules on a thread while ray.init runs on the main thread; a module both
+    import at once could deadlock the two (importlib's _DeadlockError). Each side is recorded in its own process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=300) for code in (SHARED, WARM)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    by_init, by_warm = (set(json.loads(p.stdout.strip().splitlines()[-1])) for p in runs)
+    assert by_init and by_warm
+    assert by_init & by_warm == set()
