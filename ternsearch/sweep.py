@@ -146,9 +146,9 @@ def records_dir(name: str, storage_path: str) -> Path:
 
 # What the driver imports after Ray is up (about 3 s together on the 2-core machine): imported on a thread while
 # ray.init waits for its processes, they cost the sweep little. Import errors surface later, at the real import.
-_WARM_MODULES = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.pytorch", "optuna",
-                 "ternsearch.tuner", "ternsearch.tracking", "ternsearch.records", "ternsearch.progress",
-                 "ternsearch.report")
+# mlflow.pytorch is imported through trainables.mlflow_compat (its import changes the root logger).
+_WARM_MODULES = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "optuna", "ternsearch.tuner",
+                 "ternsearch.tracking", "ternsearch.records", "ternsearch.progress", "ternsearch.report")
 # Modules both ray.init (ray 2.60) and the imports above load. They are imported first, on the main thread, so that
 # no module is imported by both threads at once: a circular import spanning two threads raises importlib's
 # _DeadlockError. tests/test_startup.py checks that nothing else is shared.
@@ -171,10 +171,19 @@ def _import_all(names) -> None:
             pass
 
 
+def _warm(names) -> None:
+    _import_all(names)
+    try:
+        from trainables.mlflow_compat import import_mlflow_pytorch
+
+        import_mlflow_pytorch()
+    except Exception:  # noqa: BLE001 - reported where the model is logged
+        pass
+
+
 def _warm_imports() -> threading.Thread:
     _import_all(_SHARED_WITH_RAY_INIT)  # ~0.03 s: ray has loaded most of their packages already
-    thread = threading.Thread(target=_import_all, args=(_WARM_MODULES,), name="ternsearch-warm-imports",
-                              daemon=True)
+    thread = threading.Thread(target=_warm, args=(_WARM_MODULES,), name="ternsearch-warm-imports", daemon=True)
     thread.start()
     return thread
 

@@ -375,11 +375,13 @@ class MLflowTracker(WriteQueue, Callback):
                                 f"({type(exc).__name__}: {_one_line(exc)})") from None
 
     def _log_best(self, trial_id: str, checkpoint_dir: str, best_config_yaml: str) -> str:
-        import mlflow.pytorch
         import numpy as np
 
         from trainables.checkpoint import read_manifest
         from trainables.loop import model_from_checkpoint
+        from trainables.mlflow_compat import import_mlflow_pytorch
+
+        mlflow_pytorch = import_mlflow_pytorch()
 
         parent = self._require_parent()
         client = self._client()
@@ -391,7 +393,7 @@ class MLflowTracker(WriteQueue, Callback):
         logged = client.create_logged_model(self.experiment_id, name="model", source_run_id=parent,
                                             tags={"ternsearch.trial_id": trial_id})
         with _using_tracking_uri(self.uri):
-            info = mlflow.pytorch.log_model(
+            info = mlflow_pytorch.log_model(
                 model, name="model", input_example=example, serialization_format="pickle",
                 pip_requirements=_pip_requirements(), registered_model_name=self.sweep_name, run_id=parent,
                 model_id=logged.model_id,

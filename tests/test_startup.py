@@ -61,7 +61,7 @@ import ray
 from ternsearch import sweep
 sweep._import_all(sweep._SHARED_WITH_RAY_INIT)
 before = set(sys.modules)
-sweep._import_all(sweep._WARM_MODULES)
+sweep._warm(sweep._WARM_MODULES)
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
@@ -77,3 +77,23 @@ def test_warm_imports_share_no_module_with_ray_init(tmp_path):
     by_init, by_warm = (set(json.loads(p.stdout.strip().splitlines()[-1])) for p in runs)
     assert by_init and by_warm
     assert by_init & by_warm == set()
+
+
+LOGGING = """\
+import logging
+from ternsearch import sweep
+sweep._warm(sweep._WARM_MODULES)
+assert "mlflow.pytorch" in __import__("sys").modules  # imported through trainables.mlflow_compat
+root = logging.getLogger()
+print(logging.getLevelName(root.level), len(root.handlers), flush=True)
+logging.getLogger("ternsearch.tracking").warning("MLflow tracking (x): store unreachable")
+"""
+
+
+def test_importing_mlflow_pytorch_leaves_our_warnings_audible(tmp_path):
+    """MLflow's Lightning autolog module calls logging.basicConfig(level=ERROR) when mlflow.pytorch is imported,
+    which silenced the sweep's tracking-outage warnings once the driver imported it early."""
+    proc = subprocess.run([sys.executable, "-c", LOGGING], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["WARNING", "0"]
+    assert "MLflow tracking (x): store unreachable" in proc.stderr

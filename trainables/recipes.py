@@ -51,9 +51,9 @@ def _checkpoint_dir(source: str) -> Path:
 
 def _load_module(source: str) -> nn.Module:
     if _is_mlflow_uri(source):
-        import mlflow.pytorch
+        from trainables.mlflow_compat import import_mlflow_pytorch
 
-        return mlflow.pytorch.load_model(source, map_location="cpu")
+        return import_mlflow_pytorch().load_model(source, map_location="cpu")
     from trainables.loop import model_from_checkpoint
 
     try:
