@@ -125,7 +125,8 @@ def main() -> None:
                   f"median of {a.repeat} alternated runs:")
             print(f"  ternsearch sweep (1 trial): {med(sweeps):6.1f} s (of which epochs {med(epochs):.1f} s)  "
                   f"[runs: {', '.join(f'{x:.1f}' for x in sweeps)}]")
-            print(f"  ternsearch train          : {med(trains):6.1f} s  [runs: {', '.join(f'{x:.1f}' for x in trains)}]")
+            print(f"  ternsearch train          : {med(trains):6.1f} s  "
+                  f"[runs: {', '.join(f'{x:.1f}' for x in trains)}]")
             print(f"  ratio sweep/train         : {med(ratios):6.3f}  (target <= 1.10)  "
                   f"[runs: {', '.join(f'{x:.3f}' for x in ratios)}]")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")

@@ -155,8 +155,8 @@ _WARM_MODULES = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "o
 _SHARED_WITH_RAY_INIT = (
     "argparse", "ctypes.util", "email.contentmanager", "email.headerregistry", "email.policy", "gzip", "pkgutil",
     "socketserver", "timeit", "click", "ray._common.usage.usage_lib", "ray.dashboard", "opentelemetry.metrics",
-    "opentelemetry.proto", "opentelemetry.trace", "opentelemetry.sdk.resources", "opentelemetry.sdk.util._configurator",
-    "opentelemetry.sdk.environment_variables._internal",
+    "opentelemetry.proto", "opentelemetry.trace", "opentelemetry.sdk.resources",
+    "opentelemetry.sdk.environment_variables._internal", "opentelemetry.sdk.util._configurator",
     "opentelemetry.sdk.util.instrumentation", "opentelemetry.semconv._incubating.attributes.otel_attributes",
     "opentelemetry.semconv._incubating.metrics.otel_metrics")
 
