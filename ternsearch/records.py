@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 from ray import tune
 
-from ternsearch.recordfiles import HISTORY, SWEEP, TRIALS, read_history, read_trials  # noqa: F401 - re-exported
+from ternsearch.recordfiles import HISTORY, TRIALS, read_history, read_trials
 from trainables.failures import failure_reason
 
-__all__ = ["SweepRecorder", "read_history", "read_trials", "trial_status", "HISTORY", "TRIALS", "SWEEP"]
+__all__ = ["SweepRecorder", "trial_status", "LOST", "LOST_REASON"]
 
 
 _SKIP = {"config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",

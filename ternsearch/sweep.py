@@ -308,7 +308,8 @@ def _shutdown_ray_in_background() -> threading.Thread:
 
 def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_ray=False) -> dict[str, Any]:
     from ternsearch.progress import SweepProgress
-    from ternsearch.records import SWEEP, SweepRecorder
+    from ternsearch.recordfiles import SWEEP
+    from ternsearch.records import SweepRecorder
     from ternsearch.tracking import MLflowTracker, flatten_config
     from ternsearch.tuner import build_tuner, prestart_train_services, restore_tuner
 

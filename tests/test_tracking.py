@@ -520,7 +520,8 @@ def test_resumed_sweep_records_trials_tune_lost(tmp_path, store):
     """A killed driver may have started a trial that Tune's last saved state lacks: on the resumed sweep's first
     step the records move it to trials_lost.json (with its reason; its history rows stay) and its MLflow run,
     left KILLED by reconcile(), is re-tagged as a lost trial, not counted among the trials."""
-    from ternsearch.records import LOST, LOST_REASON, SweepRecorder, read_history
+    from ternsearch.recordfiles import read_history
+    from ternsearch.records import LOST, LOST_REASON, SweepRecorder
 
     t = _tracker(tmp_path, store, "toy-lost-trial")
     t.start()

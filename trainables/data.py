@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from trainables.config import DataConfig
-from trainables.datafiles import (  # noqa: F401 - re-exported: the file checks live in a torch-free module
+from trainables.datafiles import (  # the file checks live in a torch-free module; the public ones are re-exported
     _HOW_TO_GET,
     _PER_FILE,
     _RECORD,
@@ -40,14 +40,10 @@ from trainables.datafiles import (  # noqa: F401 - re-exported: the file checks 
     BIN_TRAIN,
     DEFAULT_DOWNLOAD_ROOT,
     PY_DIR,
-    PY_META,
-    PY_TEST,
-    PY_TRAIN,
     DataError,
     PathLike,
     _data_dir,
     _layout,
-    _missing,
     _not_found_message,
     check_data,
     resolve_root,
