@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", help="override storage.path")
     s.add_argument("--tracking-uri", help="override tracking.uri")
     s.add_argument("--quiet", "-q", action="store_true", help="less progress output")
+    s.add_argument("--verbose", "-v", action="store_true",
+                   help="also show Ray's, Tune's, MLflow's and Optuna's own output (and the trials' output)")
     s.set_defaults(func=_cmd_sweep)
 
     e = sub.add_parser("export", help="write the best trial as a standalone train config")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "TrackingError"]
+__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "TrackingError", "TrainingError",
+           "SweepFailedError"]
 
 
 class TernsearchError(Exception):
@@ -41,3 +42,7 @@ class TrackingError(TernsearchError):
 
 class TrainingError(TernsearchError):
     """A training run failed in a way a retry would repeat (it diverged, it ran out of memory)."""
+
+
+class SweepFailedError(TernsearchError):
+    """The sweep ran but could not go on: its first trials all failed the same way, or every trial failed."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import io
 import json
 import logging
 import os
@@ -87,7 +88,9 @@ def default_tracking_uri(results_dir: Path, configured: Optional[str]) -> str:
         return _sqlite_uri(Path(results_dir).expanduser().resolve() / "mlflow.db")
     path = _sqlite_path(uri)
     if path is not None and not path.is_absolute():
-        return _sqlite_uri(path.resolve())
+        return _sqlite_uri(path.expanduser().resolve())
+    if "://" not in uri and not uri.startswith(("databricks", "file:/")):  # a file store: ./mlruns or file:mlruns
+        return Path(uri[len("file:"):] if uri.startswith("file:") else uri).expanduser().resolve().as_uri()
     return uri
 
 
@@ -349,6 +352,18 @@ def _using_tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # None also clears MLFLOW_TRACKING_URI...
         if env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = env  # ...which the user may have set
+
+
+@contextlib.contextmanager
+def mlflow_console_off(off: bool = True) -> Iterator[None]:
+    """MLflow's model logging prints to stderr by itself ("Successfully registered model", "Created version",
+    a warning on pickled models) and re-enables its log stream as it goes; with ``off``, what it prints meanwhile
+    is dropped. Our own messages do not go through here."""
+    if not off:
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def _pip_requirements() -> list[str]:

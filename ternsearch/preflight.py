@@ -67,11 +67,11 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
     from trainables.datafiles import DataError, check_data
 
     loc = spec.located
+    base = spec.base_config()  # the absolute paths the trials will read
     try:
-        check_data(spec.data)
+        check_data(base.data)
     except DataError as exc:
         raise PreflightError(str(loc.error(("data", "root") if spec.data.root else ("data",), str(exc)))) from None
-    base = spec.base_config()
     if base.model.init_from or base.train.distill_from:  # trainables.recipes imports torch: only when needed
         from trainables.recipes import RecipeError, check_sources
 

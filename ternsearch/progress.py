@@ -7,7 +7,8 @@ import time
 
 from ray import tune
 
-from ternsearch.records import trial_status
+from ternsearch.failfast import permanent_error
+from ternsearch.records import error_text, trial_status
 
 __all__ = ["SweepProgress"]
 
@@ -40,9 +41,12 @@ class SweepProgress(tune.Callback):
 
     def _end(self, trial, errored):
         self.done += 1
-        status, reason = trial_status(self.last.get(trial.trial_id, {}), errored,
-                                      "see the trial's error file" if errored else "")
-        value = self.last.get(trial.trial_id, {}).get(self.metric)
+        last = self.last.get(trial.trial_id, {})
+        status, reason = trial_status(last, errored, _error_line(trial) if errored else "")
+        if errored:  # the traceback is in the trial's error file, not on the console
+            self._say(f"{trial.trial_id} failed: {reason} (error file: {trial.error_file}) [{self.done}/{self.total}]")
+            return
+        value = last.get(self.metric)
         self._say(f"{trial.trial_id} {status}{' (' + reason + ')' if reason else ''}: {self.metric} {_fmt(value)} "
                   f"[{self.done}/{self.total}]")
 
@@ -51,6 +55,14 @@ class SweepProgress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, True)
+
+
+def _error_line(trial) -> str:
+    """The one-line reason a trial failed: the permanent error it raised, else its error file's last exception."""
+    error = permanent_error(trial.trial_id)
+    if error is not None:
+        return error.reason
+    return error_text(trial)
 
 
 def _fmt(v) -> str:

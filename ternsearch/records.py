@@ -17,7 +17,7 @@ from typing import Any, Optional
 from ray import tune
 
 from ternsearch.recordfiles import HISTORY, TRIALS, read_history, read_trials
-from trainables.failures import failure_reason
+from trainables.failures import failure_reason, without_permanent_prefix
 
 __all__ = ["SweepRecorder", "trial_status", "LOST", "LOST_REASON"]
 
@@ -45,7 +45,8 @@ def trial_status(last: dict, errored: bool, error: str = "") -> tuple[str, str]:
     return "stopped", f"stopped by ASHA at epoch {last.get('epoch', 0)}"
 
 
-def _error_text(trial) -> str:
+def error_text(trial) -> str:
+    """The last exception line of a failed trial's error (its error file), one line."""
     for attr in ("error_msg",):
         msg = getattr(trial, attr, None)
         if msg:
@@ -58,7 +59,7 @@ def _error_text(trial) -> str:
     lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
     for ln in reversed(lines):  # the exception line, not the traceback
         if "Error" in ln or "diverged" in ln:
-            return ln[:300]
+            return without_permanent_prefix(ln)[:300]
     return lines[-1][:300] if lines else "error"
 
 
@@ -172,7 +173,7 @@ class SweepRecorder(tune.Callback):
 
     def _finish(self, trial, errored: bool) -> None:
         entry = self._entry(trial)
-        entry["status"], entry["reason"] = trial_status(entry["last"], errored, _error_text(trial) if errored else "")
+        entry["status"], entry["reason"] = trial_status(entry["last"], errored, error_text(trial) if errored else "")
         entry["ended"] = time.time()
         entry["wall_seconds"] = entry["ended"] - entry["started"]
         self._save()

@@ -7,6 +7,7 @@ run for ``ternsearch train``; a sweep file adds ``search:`` distributions and th
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,11 +98,16 @@ class _Common(_Strict):
         return tuple(self.metric) if isinstance(self.metric, list) else (self.metric,)
 
     def base_config(self) -> TrainConfig:
+        """The run's config with every local path made absolute against the current directory.
+
+        Paths a user gives are relative to where the command runs, as in every CLI; trials run elsewhere (Ray
+        gives each Tune trial its own working directory), so they only ever see absolute paths. The data
+        folder is pinned too when it comes from ``$TERNSEARCH_DATA``: the preflight check and every trial then
+        read the same folder."""
         data = self.data
-        if data.root and not Path(data.root).expanduser().is_absolute():
-            # Trials may run in another working directory (Ray workers): pin a relative root to where the
-            # command was run.
-            data = data.model_copy(update={"root": str(Path(data.root).expanduser().resolve())})
+        root = data.root or os.environ.get("TERNSEARCH_DATA") or None
+        if root:
+            data = data.model_copy(update={"root": str(Path(root).expanduser().resolve())})
         model, train = self.model, self.train
         if _local_relative(model.init_from):  # the same for weight sources
             model = model.model_copy(update={"init_from": str(Path(model.init_from).expanduser().resolve())})

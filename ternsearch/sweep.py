@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ternsearch.errors import PreflightError, ResultsError
+from ternsearch.errors import PreflightError, ResultsError, SweepFailedError
 from ternsearch.mlflow_io import copy_redacted, without_credentials
 from ternsearch.preflight import (check_environment, check_fits, check_same_spec, local_resources, resolve_storage,
                                   spec_digest)
@@ -188,7 +188,32 @@ def _warm_imports() -> threading.Thread:
     return thread
 
 
-def _cluster(address: Optional[str], dashboard: bool = True) -> tuple[dict[str, float], Nodes]:
+def quiet_libraries(verbose: bool) -> None:
+    """A normal sweep prints our progress lines and summary only: no Ray start-up warnings, Tune tables, hints
+    or tracebacks (a failed trial gets one progress line naming its error file), no MLflow or Optuna INFO lines.
+    ``--verbose`` leaves the libraries' own output as it is. Call before ``ray.init`` and again once MLflow and
+    Optuna are imported (they set their loggers' levels when imported)."""
+    if verbose:
+        return
+    import logging
+
+    # Tune's new console output prints a configuration box, the results path and a TensorBoard hint even at
+    # verbose=0; its legacy reporter at verbose=0 prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name, level in (("ray", logging.ERROR), ("ray.tune", logging.CRITICAL), ("ray.train", logging.CRITICAL),
+                        ("mlflow", logging.WARNING), ("alembic", logging.WARNING), ("optuna", logging.WARNING)):
+        logging.getLogger(name).setLevel(level)
+    optuna = sys.modules.get("optuna")
+    if optuna is not None:
+        optuna.logging.set_verbosity(logging.WARNING)
+    if "mlflow" in sys.modules:  # its model registry prints "Successfully registered model" to stderr itself
+        from mlflow.utils.logging_utils import disable_logging
+
+        disable_logging()
+
+
+def _cluster(address: Optional[str], dashboard: bool = True, verbose: bool = True) -> tuple[dict[str, float], Nodes]:
     """The cluster's resources, all nodes together, and node by node (nodes its autoscaler may add included).
 
     A local Ray (no ``address``) is started with its dashboard on loopback only when ``dashboard`` is true: Ray
@@ -200,7 +225,9 @@ def _cluster(address: Optional[str], dashboard: bool = True) -> tuple[dict[str, 
     if address is None:
         kwargs = ({"include_dashboard": True, "dashboard_host": "127.0.0.1"} if dashboard
                   else {"include_dashboard": False})
-    ray.init(address=address, ignore_reinit_error=True, configure_logging=True, logging_level="WARNING", **kwargs)
+    # Not verbose: trials' own output stays in their log files under Ray's session directory.
+    ray.init(address=address, ignore_reinit_error=True, configure_logging=True,
+             logging_level="WARNING" if verbose else "ERROR", log_to_driver=verbose, **kwargs)
     nodes: Nodes = [({k: float(v) for k, v in n["Resources"].items()}, 1) for n in ray.nodes() if n.get("Alive")]
     if address is not None:
         scaled = _autoscaler_nodes()
@@ -262,9 +289,11 @@ class _SignalToInterrupt:
 
 def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Optional[str] = None,
               tracking_uri: Optional[str] = None, resume: bool = False, dry_run: bool = False,
-              quiet: bool = False) -> dict[str, Any]:
+              quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths)."""
     from ternsearch.mlflow_io import check_reachable, default_tracking_uri
+
+    quiet_libraries(verbose)
 
     storage_path = resolve_storage(spec, storage)
     results_dir = records_dir(spec.name, storage_path)
@@ -281,8 +310,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
         warm = _warm_imports()
         owns_ray = not ray.is_initialized()
         dashboard = spec.resources.trial_mode == "torchtrainer" or os.environ.get("TERNSEARCH_RAY_DASHBOARD") == "1"
-        cluster, nodes = _cluster(address, dashboard=dashboard)
+        cluster, nodes = _cluster(address, dashboard=dashboard, verbose=verbose)
         warm.join()
+        quiet_libraries(verbose)
     from ternsearch.tuner import make_plan
 
     plan = dataclasses.replace(make_plan(spec, cluster, nodes), local=address is None)
@@ -293,7 +323,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     _say(_describe_plan(spec, plan, str(results_dir), without_credentials(uri)))
     if dry_run:
         return {"dry_run": True, "plan": plan.__dict__}
-    return _execute(spec, plan, storage_path, results_dir, uri, resume=resume, quiet=quiet, owns_ray=owns_ray)
+    return _execute(spec, plan, storage_path, results_dir, uri, resume=resume, quiet=quiet, owns_ray=owns_ray,
+                    verbose=verbose)
 
 
 def _shutdown_ray_in_background() -> threading.Thread:
@@ -306,7 +337,9 @@ def _shutdown_ray_in_background() -> threading.Thread:
     return thread
 
 
-def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_ray=False) -> dict[str, Any]:
+def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_ray=False,
+             verbose=False) -> dict[str, Any]:
+    from ternsearch.failfast import SetupFailureGuard
     from ternsearch.progress import SweepProgress
     from ternsearch.recordfiles import SWEEP
     from ternsearch.records import SweepRecorder
@@ -331,7 +364,7 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_
             uri=uri, experiment=spec.tracking.experiment or spec.name, sweep_name=spec.name,
             sweep_id=meta["sweep_id"], spec_file=spec.file, results_dir=str(results_dir),
             metric=spec.metric.name, mode=spec.metric.mode,
-            fixed_params=flatten_config(spec.base_config().model_dump(mode="json")),
+            fixed_params=flatten_config(spec.base_config().model_dump(mode="json")), quiet=not verbose,
         )
         meta["parent_run_id"] = tracker.start()  # an unreachable store fails here, before any trial
         if resume:
@@ -343,12 +376,13 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_
         copy_redacted(spec.file, results_dir / "spec.yaml")  # a tracking URI's user:password masked
     from ternsearch.tuner import ReleaseTrainResources
 
+    guard = SetupFailureGuard(needed=min(spec.searcher.num_samples, 2))
     callbacks = [SweepRecorder(str(results_dir), meta["params"]), SweepProgress(spec, plan, quiet=quiet),
-                 ReleaseTrainResources()]
+                 ReleaseTrainResources(), guard]
     if tracker is not None:
         callbacks.append(tracker)
-    tuner = (restore_tuner(spec, plan, storage_path, callbacks) if resume
-             else build_tuner(spec, plan, storage_path, callbacks))
+    tuner = (restore_tuner(spec, plan, storage_path, callbacks, guard.stopper) if resume
+             else build_tuner(spec, plan, storage_path, callbacks, guard.stopper))
     # Tune warns whenever it snapshots state often; with a checkpoint every epoch that is by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune saves its experiment state at most every 10 s by default; a killed driver loses what happened since.
@@ -363,10 +397,12 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_
     except KeyboardInterrupt:
         status = "KILLED"
     finally:
-        if tracker is not None and status != "FINISHED":
-            tracker.close(status)
+        if tracker is not None and (status != "FINISHED" or guard.reason):
+            tracker.close("FAILED" if guard.reason else status)
     stopping = _shutdown_ray_in_background() if owns_ray else None
     try:
+        if guard.reason:  # every first trial failed the same way before training: the cause is the sweep's
+            raise SweepFailedError(f"{guard.reason}; fix it, then: ternsearch sweep {spec.file} --resume")
         return _after_fit(spec, results_dir, meta, tracker, status)
     finally:
         if stopping is not None:
@@ -398,7 +434,7 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
     if best is None:
         if tracker is not None:
             tracker.close("FAILED")
-        raise PreflightError(f"{results_dir}: no trial reported {spec.metric.name}; see {results_dir} for errors")
+        raise SweepFailedError(_no_result_line(results_dir, spec.metric.name, trials))
     best_yaml = write_best_config(results_dir, results_dir / "best.yaml")
     summary.update(best_trial=best["trial_id"], best_value=best["last"][spec.metric.name],
                    best_config=best["config"], exported=str(best_yaml))
@@ -433,6 +469,20 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
     return summary
 
 
+def _no_result_line(results_dir: Path, metric: str, trials: dict) -> str:
+    """One line for a sweep none of whose trials gave a result: the most common reason, and where to look."""
+    from collections import Counter
+
+    reasons = Counter(t.get("reason") or "no reason recorded" for t in trials.values() if t["status"] == "failed")
+    if not reasons:
+        return f"{results_dir}: no trial reported {metric}"
+    reason, count = reasons.most_common(1)[0]
+    first = next(tid for tid, t in trials.items() if t["status"] == "failed" and (t.get("reason") or
+                                                                                  "no reason recorded") == reason)
+    return (f"{results_dir}: no trial reported {metric}: {count} of {len(trials)} trials failed with "
+            f"'{reason}' (first: trial {first}; every trial's reason is in {results_dir / 'trials.json'})")
+
+
 def _log_best(tracker, best: dict, best_yaml: Path) -> str:
     from ray.tune import Checkpoint
 
@@ -446,7 +496,7 @@ def _log_best(tracker, best: dict, best_yaml: Path) -> str:
 def sweep_command(a) -> int:
     spec = load_spec(a.file)
     summary = run_sweep(spec, address=a.address, storage=a.storage, tracking_uri=a.tracking_uri,
-                        resume=a.resume, dry_run=a.dry_run, quiet=a.quiet)
+                        resume=a.resume, dry_run=a.dry_run, quiet=a.quiet, verbose=a.verbose)
     if summary.get("interrupted"):
         return 130
     print(json.dumps(summary, indent=1, default=str))

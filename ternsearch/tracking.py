@@ -38,14 +38,14 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from trainables.failures import failure_reason
+from trainables.failures import failure_reason, without_permanent_prefix
 
 from ternsearch.errors import TrackingError
 from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
                                   _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
                                   _pip_requirements, _quote, _redact, _search_all, _tags, _using_tracking_uri,
                                   check_reachable, copy_redacted, default_tracking_uri, flatten_config,
-                                  log_single_run, without_credentials)
+                                  log_single_run, mlflow_console_off, without_credentials)
 from ternsearch.records import LOST_REASON
 from ternsearch.tracking_queue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
 
@@ -74,8 +74,9 @@ class MLflowTracker(WriteQueue, Callback):
     """
 
     def __init__(self, *, uri: str, experiment: str, sweep_name: str, sweep_id: str, spec_file: str,
-                 results_dir: str, metric: str, mode: str, fixed_params: dict[str, Any]):
+                 results_dir: str, metric: str, mode: str, fixed_params: dict[str, Any], quiet: bool = False):
         self.uri = uri
+        self.quiet = quiet  # keep MLflow's own console lines (model registry, pickle warning) off the console
         self.experiment = experiment
         self.sweep_name = sweep_name
         self.sweep_id = sweep_id
@@ -392,7 +393,7 @@ class MLflowTracker(WriteQueue, Callback):
         # ./mlruns of the current directory): create the LoggedModel in the sweep's experiment first.
         logged = client.create_logged_model(self.experiment_id, name="model", source_run_id=parent,
                                             tags={"ternsearch.trial_id": trial_id})
-        with _using_tracking_uri(self.uri):
+        with _using_tracking_uri(self.uri), mlflow_console_off(self.quiet):
             info = mlflow_pytorch.log_model(
                 model, name="model", input_example=example, serialization_format="pickle",
                 pip_requirements=_pip_requirements(), registered_model_name=self.sweep_name, run_id=parent,
@@ -477,4 +478,4 @@ def _exception_line(text: str) -> str:
     if not (own or found):
         return ""
     m = (own or found)[-1]
-    return _redact(f"{m.group(1)}: {m.group(2).strip()}".rstrip(": "))[:300]
+    return _redact(without_permanent_prefix(f"{m.group(1)}: {m.group(2).strip()}").rstrip(": "))[:300]

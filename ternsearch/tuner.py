@@ -11,6 +11,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 from trainables.failures import failure_reason
 
+from ternsearch.failfast import no_retry_for_permanent_errors
 from ternsearch.space import DefineByRun, make_sampler
 from ternsearch.spec import SweepSpec
 
@@ -186,6 +187,9 @@ class _Searcher(OptunaSearch):
                 self._ot_trials[trial_id].report(result[self.metric], epoch)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            self._rerun_complete(trial_id, result, error)
+            return
         failed = self.__dict__.get("_failed", {}).pop(trial_id, None)
         if error and failed is not None:
             result, error = failed, False
@@ -200,6 +204,25 @@ class _Searcher(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
+
+    def _rerun_complete(self, trial_id: str, result: Optional[dict], error: bool) -> None:
+        """A trial ``--resume`` ran again after it had errored: Optuna recorded it as failed and takes no second
+        answer for it, so its configuration and final value go into the study as a new, completed trial."""
+        import optuna
+
+        ot_trial = self._ot_trials.get(trial_id)
+        names = self.metric if isinstance(self.metric, list) else [self.metric]
+        if error or not result or ot_trial is None or any(not isinstance(result.get(n), (int, float)) for n in names):
+            return
+        try:
+            if self._ot_study._storage.get_trial(ot_trial._trial_id).state != optuna.trial.TrialState.FAIL:
+                return  # private API (checked against optuna 5.0): the trial's stored state
+            values = [float(result[n]) for n in names]
+            self._ot_study.add_trial(optuna.trial.create_trial(
+                params=ot_trial.params, distributions=ot_trial.distributions,
+                **({"values": values} if len(values) > 1 else {"value": values[0]})))
+        except Exception:  # noqa: BLE001 - the searcher learns a little less; the sweep goes on
+            pass
 
 
 def _trainable(spec: SweepSpec, plan: Plan, storage_path: str):
@@ -269,9 +292,11 @@ def _tolerate_deleted_checkpoints() -> None:
     checkpoint_manager._delete_fs_path = delete
 
 
-def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list) -> tune.Tuner:
-    """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``."""
+def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
+                stop: Optional[tune.Stopper] = None) -> tune.Tuner:
+    """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``; ``stop`` may end it."""
     _tolerate_deleted_checkpoints()
+    no_retry_for_permanent_errors()
     search, scheduler = _searcher_and_scheduler(spec, plan)
     return tune.Tuner(
         _trainable(spec, plan, storage_path),
@@ -286,20 +311,25 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list)
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=f"{storage_path.rstrip('/')}/{spec.name}", callbacks=callbacks, verbose=0,
+            stop=stop,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
         ),
     )
 
 
-def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list) -> tune.Tuner:
-    """Continue an interrupted sweep: unfinished trials resume from their checkpoints, finished ones are kept,
-    and the searcher's state (Optuna study) is restored. Errored trials stay errored (a diverged trial would
-    only diverge again)."""
+def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
+                  stop: Optional[tune.Stopper] = None) -> tune.Tuner:
+    """Continue an interrupted or failed sweep: unfinished trials resume from their checkpoints, finished and
+    ASHA-stopped ones are kept, and the searcher's state (Optuna study) is restored. Errored trials run again
+    from their last checkpoint: one that failed because of something since fixed (data, a crash budget spent)
+    now finishes; a diverged or out-of-memory trial finds its failure marker and ends at once, as before."""
     _tolerate_deleted_checkpoints()
+    no_retry_for_permanent_errors()
     tuner = tune.Tuner.restore(experiment_path(storage_path, spec.name), trainable=_trainable(spec, plan, storage_path),
-                               resume_unfinished=True, resume_errored=False)
-    # The restored run config carries pickled copies of our callbacks; use fresh ones (private API, checked
-    # against ray 2.60: TunerInternal.get_run_config() returns the RunConfig that fit() hands to Tune).
-    tuner._local_tuner.get_run_config().callbacks = callbacks
+                               resume_unfinished=True, resume_errored=True)
+    # The restored run config carries pickled copies of our callbacks and stopper; use fresh ones (private API,
+    # checked against ray 2.60: TunerInternal.get_run_config() returns the RunConfig that fit() hands to Tune).
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks, run_config.stop = callbacks, stop
     return tuner

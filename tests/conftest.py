@@ -14,6 +14,10 @@ if not os.environ.get("TERNSEARCH_DATA"):
     _sibling = REPO.parent / "shared" / "data"
     if (_sibling / "cifar-10-batches-bin").is_dir():
         os.environ["TERNSEARCH_DATA"] = str(_sibling)
+else:
+    # The README's test command gives a relative path (../shared/data), meant from where pytest started; tests
+    # that change directory (and the commands they run there) must still find it.
+    os.environ["TERNSEARCH_DATA"] = str(Path(os.environ["TERNSEARCH_DATA"]).expanduser().resolve())
 
 
 @pytest.fixture(scope="session")

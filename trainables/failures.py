@@ -3,9 +3,11 @@ run reports when it fails that way. Torch-free, so the sweep driver and reports 
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
-__all__ = ["DivergedError", "OutOfMemoryError", "TrialFailure", "failure_reason"]
+__all__ = ["DivergedError", "OutOfMemoryError", "PermanentTrialError", "TrialFailure", "as_permanent",
+           "failure_reason", "find_permanent", "without_permanent_prefix"]
 
 
 class TrialFailure(RuntimeError):
@@ -36,6 +38,79 @@ class OutOfMemoryError(TrialFailure):
 
     def __reduce__(self):
         return (OutOfMemoryError, (self.reason, self.epoch))
+
+
+class PermanentTrialError(RuntimeError):
+    """A trial failed in a way a retry cannot fix (data missing or corrupt, a config it cannot build, an import
+    error, a weight source that does not exist, or a ``TrialFailure``): the sweep ends the trial at once instead
+    of retrying it (``ternsearch.failfast``). Retries are for crashes and lost workers, which never raise here.
+    ``reason`` is one line: ``DataError: CIFAR-10 data folder X does not exist ...``."""
+
+    def __init__(self, reason: str, kind: str = ""):
+        super().__init__(reason)
+        self.reason, self.kind = reason, kind  # kind: the original exception's class name
+
+    @property
+    def setup(self) -> bool:
+        """The trial could not run at all as configured (not a run that diverged or ran out of memory)."""
+        return self.kind not in ("TrialFailure", "DivergedError", "OutOfMemoryError")
+
+    def __reduce__(self):
+        return (PermanentTrialError, (self.reason, self.kind))
+
+
+# Exception types a retry from the last checkpoint would raise again. Not RuntimeError or OSError in general:
+# a lost peer (gloo/NCCL), a CUDA fault or a flaky filesystem raise those, and a retry may well get past them.
+_PERMANENT_NAMES = {"DataError", "RecipeError", "CheckpointError", "ValidationError", "SpecError", "ImportError",
+                    "ModuleNotFoundError", "ValueError", "TypeError", "KeyError", "AttributeError", "NameError",
+                    "IndexError", "NotImplementedError", "FileNotFoundError", "NotADirectoryError",
+                    "IsADirectoryError", "PermissionError", "ZeroDivisionError", "AssertionError"}
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    if isinstance(exc, (PermanentTrialError, TrialFailure)):
+        return True
+    return any(cls.__name__ in _PERMANENT_NAMES for cls in type(exc).__mro__)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def as_permanent(exc: BaseException) -> Optional[PermanentTrialError]:
+    """``exc`` as a ``PermanentTrialError`` when a retry would repeat it, else None."""
+    if isinstance(exc, PermanentTrialError):
+        return exc
+    if not _is_permanent(exc):
+        return None
+    return PermanentTrialError(_one_line(exc), type(exc).__name__)
+
+
+def find_permanent(exc: BaseException) -> Optional[PermanentTrialError]:
+    """The ``PermanentTrialError`` inside Ray's wrappers of ``exc`` (task errors' ``cause``, Train V2's
+    ``worker_failures`` by rank and ``controller_failure``, ``__cause__``), or None."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, PermanentTrialError):
+            return e
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo += [failures[k] for k in sorted(failures)]
+        todo += [getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__]
+    return None
+
+
+_PERMANENT_PREFIX = re.compile(r"^\s*(?:[\w.]+\.)?PermanentTrialError: ")
+
+
+def without_permanent_prefix(line: str) -> str:
+    """An error file's exception line without the ``...PermanentTrialError: `` wrapper around the real one."""
+    return _PERMANENT_PREFIX.sub("", line)
 
 
 def failure_reason(result: dict) -> Optional[str]:
