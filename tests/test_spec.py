@@ -1,7 +1,8 @@
 """Sweep and train files: the bad-spec corpus through the real CLI, and what valid files turn into.
 
-Each ``tests/bad_specs/*.yaml`` starts with ``# expect: LINE`` (``{file}`` stands for the file's path): both
-``ternsearch validate`` and ``ternsearch sweep --dry-run`` must print exactly that one line on stderr and exit 1.
+Each ``tests/bad_specs/*.yaml`` starts with ``# expect: LINE`` (``{file}`` stands for the file's path, ``{cwd}``
+for the directory the command runs in): both ``ternsearch validate`` and ``ternsearch sweep --dry-run`` must print
+exactly that one line on stderr and exit 1.
 ``# expect (sweep --dry-run only): LINE`` marks the cases that need the machine (data, storage, GPUs), which only
 the sweep checks. Importing torch costs each CLI process ~3 s, so the corpus runs as one batch process per command
 (``cli.main`` per case, stderr captured at the file-descriptor level), plus a few cases as separate processes.
@@ -127,10 +128,10 @@ def test_corpus_covers_the_issue():
 
 
 @pytest.mark.parametrize(("case", "command"), RUNS, ids=[f"{c.name}-{m}" for c, m in RUNS])
-def test_bad_spec(batch, case: Case, command: str):
+def test_bad_spec(batch, sandbox, case: Case, command: str):
     r = batch[command]["by_path"][case.path]
     assert "Traceback" not in r["stderr"], r["stderr"]
-    assert r["stderr"] == case.expected + "\n"
+    assert r["stderr"] == case.expected.replace("{cwd}", str(sandbox["work"])) + "\n"
     assert r["code"] == 1
 
 
