@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "TrackingError"]
+__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "TrackingError", "OutputError"]
 
 
 class TernsearchError(Exception):
@@ -33,6 +33,11 @@ class PreflightError(TernsearchError):
 
 class ResultsError(TernsearchError):
     """A results directory is missing, incomplete, or belongs to another spec."""
+
+
+class OutputError(TernsearchError):
+    """An output path would overwrite a sweep's records or its spec file, or cannot be written (see
+    ``ternsearch.outputs``)."""
 
 
 class TrackingError(TernsearchError):
