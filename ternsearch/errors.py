@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "TrackingError", "TrainingError",
-           "SweepFailedError"]
+__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "OutputError", "TrackingError",
+           "TrainingError", "SweepFailedError"]
 
 
 class TernsearchError(Exception):
@@ -34,6 +34,11 @@ class PreflightError(TernsearchError):
 
 class ResultsError(TernsearchError):
     """A results directory is missing, incomplete, or belongs to another spec."""
+
+
+class OutputError(TernsearchError):
+    """An output path would overwrite a sweep's records or its spec file, or cannot be written (see
+    ``ternsearch.outputs``)."""
 
 
 class TrackingError(TernsearchError):

@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import yaml
 
-from ternsearch.errors import ResultsError
+from ternsearch.errors import OutputError, ResultsError
+from ternsearch.outputs import REGENERABLE, check_output, same_file
 from ternsearch.recordfiles import SWEEP, read_trials
 
 __all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
@@ -84,6 +85,8 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
 
 def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = None,
                       pick: Optional[str] = None) -> Path:
+    """Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.outputs``)."""
+    check_output(output, results_dir, REGENERABLE["export"])
     doc = best_config(results_dir, epochs, pick)
     header = (f"# Best trial {doc['origin']['trial_id']} of sweep '{doc['origin']['sweep']}' "
               f"({doc['metric']['name']} = {doc['origin']['metric_value']:.4f}).\n"
@@ -117,13 +120,15 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
 
 
 def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) -> str:
-    """The chosen trial's model as a packed 2-bit file (see ``trainables.packed``); a line with the sizes."""
+    """The chosen trial's model as a packed 2-bit file (see ``trainables.packed``); a line with the sizes.
+    Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.outputs``)."""
     import io
 
     import torch
     from trainables.loop import model_from_checkpoint
     from trainables.packed import PackError, save_packed
 
+    check_output(output, results_dir, REGENERABLE["packed"])
     _, best = chosen_trial(results_dir, pick)
     if not best.get("checkpoint"):
         raise ResultsError(f"{results_dir}: no trial has a checkpoint to pack yet")
@@ -144,6 +149,12 @@ def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) ->
 
 def export_command(a) -> int:
     results = results_of(Path(a.results), Path(a.spec) if a.spec else None)
+    specs = [Path(p) for p in (a.results, a.spec) if p and Path(p).is_file()]
+    check_output(a.output, results, REGENERABLE["export"], specs)  # both outputs before either is written
+    if a.packed:
+        check_output(a.packed, results, REGENERABLE["packed"], specs)
+        if same_file(Path(a.packed), Path(a.output)):
+            raise OutputError(f"{a.packed}: refusing to write here: it is also the -o file")
     out = write_best_config(results, Path(a.output), a.epochs, a.pick)
     print(out)
     if a.packed:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 from ternsearch.errors import PreflightError, ResultsError
+from ternsearch.outputs import unwritable
 from ternsearch.spec import SweepSpec
 
 __all__ = ["check_environment", "local_resources", "check_fits", "resolve_storage", "spec_digest"]
@@ -32,20 +32,6 @@ def resolve_storage(spec: SweepSpec, override: Optional[str]) -> str:
     if "://" in raw:
         return raw
     return str(Path(raw).expanduser().resolve())
-
-
-def _unwritable(path: Path) -> Optional[str]:
-    """Why ``path`` (which may not exist yet) cannot be created and written, or None when it can."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a directory"
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".ternsearch-probe-"):
-            return None
-    except OSError as exc:
-        return f"cannot write in {probe}: {exc.strerror or exc.__class__.__name__}"
 
 
 def local_resources() -> dict[str, float]:
@@ -79,7 +65,7 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
             check_sources(base)
         except RecipeError as exc:
             raise PreflightError(str(loc.error(tuple(exc.key.split(".")), exc.detail))) from None
-    why = _unwritable(Path(storage)) if "://" not in storage else None
+    why = unwritable(Path(storage)) if "://" not in storage else None
     if why:
         raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable: {why} (use a "
                                            "directory you can write, or --storage DIR)")))

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from ternsearch.outputs import REGENERABLE, check_output
 from ternsearch.report_data import (PARAM_PREFIX, Results, learning_curves, layer_sparsity, load_results,
                                     optimization_history, parallel_dimensions, sparsity_tradeoff, trial_table)
 from ternsearch.report_links import RunLinks, importances, mlflow_links
@@ -337,11 +338,15 @@ def write_report(results_dir: str | Path, output: Optional[str | Path] = None) -
 
     Raises:
         ResultsError: ``results_dir`` is not a sweep's results directory.
+        OutputError: an output would overwrite a record or the spec (``ternsearch.outputs``); nothing written.
     """
     results = load_results(results_dir)
+    out = Path(output) if output else results.path / REPORT
+    check_output(out, results.path, REGENERABLE["report"])
+    for name in ("trials.csv", "trials.parquet"):
+        check_output(results.path / name, results.path, REGENERABLE["tables"])
     table = trial_table(results)
     write_tables(table, results.path)
-    out = Path(output) if output else results.path / REPORT
     out.parent.mkdir(parents=True, exist_ok=True)
     text = render_report(results, table, mlflow_links(results))
     _atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))

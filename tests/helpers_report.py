@@ -1,4 +1,5 @@
-"""One real small sweep shared by tests/test_report.py and tests/test_browser.py (run once per session).
+"""Results directories for the tests: hand-made ones (no Ray: ``write_hand_results``) and one real small sweep
+shared by tests/test_report.py, tests/test_browser.py and tests/test_sweep.py (run once per session).
 
 Trials run one at a time with a seeded random searcher, so the sequence of configs is fixed: with seed 10 the
 fifth trial draws lr=100, whose conditional ``precision: fp16`` makes Adam diverge to NaN in its first epoch
@@ -8,10 +9,14 @@ fifth trial draws lr=100, whose conditional ``precision: fp16`` makes Adam diver
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from ternsearch.report_data import Results
+from ternsearch.spec import Param
 
 SPEC = """\
 name: {name}
@@ -54,3 +59,61 @@ def real_sweep(tmp_path_factory) -> tuple[Path, dict, Path]:
         assert proc.returncode == 0, proc.stderr[-4000:]
         _CACHE["sweep"] = (tmp, json.loads(proc.stdout), tmp / "results" / NAME)
     return _CACHE["sweep"]
+
+
+# ---------------------------------------------------------------------------------------------- hand-made sweeps
+LR = Param("lr", "loguniform", low=1e-3, high=1e-1)
+AUG = Param("augment", "choice", choices=("standard", "mixup"))
+ALPHA = Param("mixup_alpha", "uniform", low=0.1, high=0.5, when={"augment": ("mixup",)})
+PARAMS = (LR, AUG, ALPHA)
+
+
+def hand_trial(n: int, status: str, config: dict, values: list, zero: float = 0.4, layers: dict | None = None):
+    """A trials.json entry and its history rows; ``values`` holds the metric per epoch (None: diverged there)."""
+    tid = f"tr{n:02d}"
+    rows = []
+    for epoch, v in enumerate(values, 1):
+        row = {"trial_id": tid, "epoch": epoch, "time": 100.0 + 10 * n + epoch}
+        if v is None:
+            row.update(val_acc=0.0, diverged=True, run_complete=True, train_loss=math.nan)
+        else:
+            row.update(val_acc=v, ternary_zero_frac=zero + 0.01 * epoch)
+            for layer, (neg, zf, pos) in (layers or {}).items():
+                row.update({f"ternary/{layer}/neg_frac": neg, f"ternary/{layer}/zero_frac": zf,
+                            f"ternary/{layer}/pos_frac": pos, f"ternary/{layer}/scale": 0.05})
+        rows.append(row)
+    reason = {"stopped": f"stopped by ASHA at epoch {len(values)}", "failed": f"diverged at epoch {len(values)}"}
+    last = {k: v for k, v in rows[-1].items() if "/" not in k} if rows else {}
+    entry = {"trial_id": tid, "number": n, "config": config, "status": status, "reason": reason.get(status, ""),
+             "epochs": len(values), "started": 100.0 + 10 * n, "ended": 105.0 + 10 * n + len(values),
+             "wall_seconds": 5.0 + len(values), "last": last, "node_id": "node-a", "hostname": "vm"}
+    return entry, rows
+
+
+def hand_results(specs: list, params=PARAMS, mode: str = "max", path: Path = Path(".")) -> Results:
+    trials, history = {}, []
+    for spec in specs:
+        entry, rows = hand_trial(*spec)
+        trials[entry["trial_id"]] = entry
+        history += rows
+    meta = {"name": "hand", "metric": "val_acc", "mode": mode, "params": [p.name for p in params], "started": 100.0}
+    return Results(path=path, meta=meta, trials=trials, history=history, params=tuple(params))
+
+
+MIXED = [
+    (0, "completed", {"lr": 0.01, "augment": "standard"}, [0.30, 0.40, 0.50], 0.40),
+    (1, "stopped", {"lr": 0.002, "augment": "mixup", "mixup_alpha": 0.3}, [0.45], 0.50),
+    (2, "failed", {"lr": 0.09, "augment": "standard"}, [0.20, None], 0.30),
+    (3, "completed", {"lr": 0.05, "augment": "mixup", "mixup_alpha": 0.2}, [0.35, 0.42, 0.44], 0.45),
+    (4, "failed", {"lr": 0.1, "augment": "mixup", "mixup_alpha": 0.4}, [None], 0.30),
+]
+
+
+def write_hand_results(path: Path, specs: list, params=PARAMS) -> Path:
+    """A results directory (sweep.json, trials.json, history.jsonl) of the hand-made trials ``specs``."""
+    res = hand_results(specs, params=params)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "sweep.json").write_text(json.dumps(res.meta))
+    (path / "trials.json").write_text(json.dumps(res.trials))
+    (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res.history))
+    return path

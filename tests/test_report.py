@@ -11,60 +11,12 @@ import pandas as pd
 import yaml
 import pytest
 
-from helpers_report import NAME, cli, real_sweep
-from ternsearch.report_data import (PARAM_PREFIX, Results, best_so_far, layer_sparsity, learning_curves,
+from helpers_report import MIXED, NAME, PARAMS, cli, hand_results, real_sweep, write_hand_results
+from ternsearch.report_data import (PARAM_PREFIX, best_so_far, layer_sparsity, learning_curves,
                                     load_results, optimization_history, parallel_dimensions, pareto_front,
                                     sparsity_tradeoff, trial_table)
 from ternsearch.report_links import importances, mlflow_links
 from ternsearch.spec import Param
-
-LR = Param("lr", "loguniform", low=1e-3, high=1e-1)
-AUG = Param("augment", "choice", choices=("standard", "mixup"))
-ALPHA = Param("mixup_alpha", "uniform", low=0.1, high=0.5, when={"augment": ("mixup",)})
-PARAMS = (LR, AUG, ALPHA)
-
-
-# ---------------------------------------------------------------------------------------------- hand-made sweeps
-def _trial(n: int, status: str, config: dict, values: list, zero: float = 0.4, layers: dict | None = None):
-    """A trials.json entry and its history rows; ``values`` holds the metric per epoch (None: diverged there)."""
-    tid = f"tr{n:02d}"
-    rows = []
-    for epoch, v in enumerate(values, 1):
-        row = {"trial_id": tid, "epoch": epoch, "time": 100.0 + 10 * n + epoch}
-        if v is None:
-            row.update(val_acc=0.0, diverged=True, run_complete=True, train_loss=math.nan)
-        else:
-            row.update(val_acc=v, ternary_zero_frac=zero + 0.01 * epoch)
-            for layer, (neg, zf, pos) in (layers or {}).items():
-                row.update({f"ternary/{layer}/neg_frac": neg, f"ternary/{layer}/zero_frac": zf,
-                            f"ternary/{layer}/pos_frac": pos, f"ternary/{layer}/scale": 0.05})
-        rows.append(row)
-    reason = {"stopped": f"stopped by ASHA at epoch {len(values)}", "failed": f"diverged at epoch {len(values)}"}
-    last = {k: v for k, v in rows[-1].items() if "/" not in k} if rows else {}
-    entry = {"trial_id": tid, "number": n, "config": config, "status": status, "reason": reason.get(status, ""),
-             "epochs": len(values), "started": 100.0 + 10 * n, "ended": 105.0 + 10 * n + len(values),
-             "wall_seconds": 5.0 + len(values), "last": last, "node_id": "node-a", "hostname": "vm"}
-    return entry, rows
-
-
-def _results(specs: list, params=PARAMS, mode: str = "max", path: Path = Path(".")) -> Results:
-    trials, history = {}, []
-    for spec in specs:
-        entry, rows = _trial(*spec)
-        trials[entry["trial_id"]] = entry
-        history += rows
-    meta = {"name": "hand", "metric": "val_acc", "mode": mode, "params": [p.name for p in params], "started": 100.0}
-    return Results(path=path, meta=meta, trials=trials, history=history, params=tuple(params))
-
-
-MIXED = [
-    (0, "completed", {"lr": 0.01, "augment": "standard"}, [0.30, 0.40, 0.50], 0.40),
-    (1, "stopped", {"lr": 0.002, "augment": "mixup", "mixup_alpha": 0.3}, [0.45], 0.50),
-    (2, "failed", {"lr": 0.09, "augment": "standard"}, [0.20, None], 0.30),
-    (3, "completed", {"lr": 0.05, "augment": "mixup", "mixup_alpha": 0.2}, [0.35, 0.42, 0.44], 0.45),
-    (4, "failed", {"lr": 0.1, "augment": "mixup", "mixup_alpha": 0.4}, [None], 0.30),
-]
-
 
 # ---------------------------------------------------------------------------------------------- pure functions
 def test_pareto_front_keeps_ties_and_drops_dominated_points():
@@ -86,7 +38,7 @@ def test_best_so_far_skips_missing_values():
 
 
 def test_trial_table_statuses_metrics_and_rank():
-    table = trial_table(_results(MIXED))
+    table = trial_table(hand_results(MIXED))
     assert list(table["trial_id"]) == ["tr00", "tr01", "tr02", "tr03", "tr04"]
     by = table.set_index("trial_id")
     assert list(by["status"]) == ["completed", "stopped", "failed", "completed", "failed"]
@@ -103,7 +55,7 @@ def test_trial_table_statuses_metrics_and_rank():
 
 
 def test_history_curves_and_sparsity_tradeoff():
-    res = _results(MIXED)
+    res = hand_results(MIXED)
     table = trial_table(res)
     h = optimization_history(table, "val_acc", True)
     assert list(h["trial"]) == ["t000", "t001", "t003"]
@@ -120,7 +72,7 @@ def test_history_curves_and_sparsity_tradeoff():
 
 
 def test_parallel_dimensions_codes_categories_and_marks_missing_values():
-    res = _results(MIXED, params=PARAMS + (Param("precision", "choice", choices=("fp16",), when={"lr": (100.0,)}),))
+    res = hand_results(MIXED, params=PARAMS + (Param("precision", "choice", choices=("fp16",), when={"lr": (100.0,)}),))
     dims = {d["label"]: d for d in parallel_dimensions(res, trial_table(res))["dimensions"]}
     assert list(dims) == ["lr", "augment", "mixup_alpha", "val_acc"]  # precision: no finished trial has it
     assert dims["augment"]["values"] == [0, 1, 1] and dims["augment"]["ticktext"] == ["standard", "mixup"]
@@ -132,11 +84,11 @@ def test_parallel_dimensions_codes_categories_and_marks_missing_values():
 
 def test_layer_sparsity_in_network_order():
     layers = {"stage1.conv": (0.3, 0.4, 0.3), "stage2.conv": (0.25, 0.5, 0.25)}
-    res = _results([(0, "completed", {"lr": 0.01, "augment": "standard"}, [0.3, 0.4], 0.4, layers)])
+    res = hand_results([(0, "completed", {"lr": 0.01, "augment": "standard"}, [0.3, 0.4], 0.4, layers)])
     df = layer_sparsity(res, "tr00")
     assert list(df["layer"]) == ["stage1.conv", "stage2.conv"]
     assert df.loc[1, "zero_frac"] == 0.5 and df.loc[0, "scale"] == 0.05
-    assert layer_sparsity(_results(MIXED), "tr00").empty
+    assert layer_sparsity(hand_results(MIXED), "tr00").empty
 
 
 def _ramp(n: int = 14, seed: int = 0) -> list:
@@ -157,7 +109,7 @@ def _ramp(n: int = 14, seed: int = 0) -> list:
 @pytest.mark.parametrize("method", ["fanova", "mdi"])
 def test_importance_sums_to_one_and_finds_what_matters(method):
     params = PARAMS + (Param("weight_decay", "loguniform", low=1e-5, high=1e-3),)
-    res = _results(_ramp() + [(20, "failed", {"lr": 0.1, "augment": "standard", "weight_decay": 1e-4}, [None])],
+    res = hand_results(_ramp() + [(20, "failed", {"lr": 0.1, "augment": "standard", "weight_decay": 1e-4}, [None])],
                    params=params)
     imp = importances(res, trial_table(res), method=method)
     assert imp.n_trials == 14 and not imp.message
@@ -170,12 +122,12 @@ def test_importance_sums_to_one_and_finds_what_matters(method):
 
 
 def test_importance_degenerate_sweeps():
-    one = _results([MIXED[0], MIXED[2]])
+    one = hand_results([MIXED[0], MIXED[2]])
     imp = importances(one, trial_table(one))
     assert imp.values == {} and "at least 2 finished trials" in imp.message and imp.n_trials == 1
-    none = _results([MIXED[4]])
+    none = hand_results([MIXED[4]])
     assert importances(none, trial_table(none)).values == {}
-    same = _results([(0, "completed", {"lr": 0.01, "augment": "mixup", "mixup_alpha": 0.2}, [0.5]),
+    same = hand_results([(0, "completed", {"lr": 0.01, "augment": "mixup", "mixup_alpha": 0.2}, [0.5]),
                      (1, "completed", {"lr": 0.02, "augment": "mixup", "mixup_alpha": 0.3}, [0.5])])
     imp = importances(same, trial_table(same))
     assert imp.values == {} and "same val_acc" in imp.message
@@ -183,21 +135,12 @@ def test_importance_degenerate_sweeps():
 
 
 # ---------------------------------------------------------------------------------------------- files (no Ray)
-def _write_results(path: Path, specs: list, params=PARAMS) -> Path:
-    res = _results(specs, params=params)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "sweep.json").write_text(json.dumps(res.meta))
-    (path / "trials.json").write_text(json.dumps(res.trials))
-    (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res.history))
-    return path
-
-
 def test_write_report_files_and_degenerate_sweeps(tmp_path):
     from ternsearch.report import FIGURES, write_report
 
     mixed_type = Param("batch", "choice", choices=(64, "auto"))
     specs = [(i, st, dict(cfg, batch=64 if i % 2 else "auto"), v) for i, st, cfg, v, *_ in MIXED]
-    results = _write_results(tmp_path / "mixed", specs, params=PARAMS + (mixed_type,))
+    results = write_hand_results(tmp_path / "mixed", specs, params=PARAMS + (mixed_type,))
     out = write_report(results)
     assert out == results / "report.html"
     text = out.read_text()
@@ -209,7 +152,7 @@ def test_write_report_files_and_degenerate_sweeps(tmp_path):
     assert len(csv) == len(parquet) == 5 and list(csv.columns) == list(parquet.columns)
     assert set(parquet[PARAM_PREFIX + "batch"]) == {"64", "auto"}  # a mixed column is stored as text
     # one failed trial and nothing else: every figure says why it is empty, none fails
-    lonely = write_report(_write_results(tmp_path / "lonely", [MIXED[4]]), tmp_path / "out" / "lonely.html")
+    lonely = write_report(write_hand_results(tmp_path / "lonely", [MIXED[4]]), tmp_path / "out" / "lonely.html")
     text = lonely.read_text()
     assert "could not draw" not in text and "needs at least 2 finished trials" in text
 
