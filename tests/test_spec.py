@@ -161,7 +161,8 @@ def test_bad_specs_as_separate_processes(sandbox):
 
     with ThreadPoolExecutor(2) as pool:
         for case, proc in zip(chosen, pool.map(run, chosen)):
-            assert (proc.returncode, proc.stderr, proc.stdout) == (1, case.expected + "\n", ""), case.name
+            expected = case.expected.replace("{cwd}", str(sandbox["work"]))
+            assert (proc.returncode, proc.stderr, proc.stdout) == (1, expected + "\n", ""), case.name
 
 
 # --------------------------------------------------------------------------------------------- valid files
