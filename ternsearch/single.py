@@ -62,11 +62,7 @@ def train_file(
         raise PreflightError(f"{source}: {exc}") from None
     out = _output_dir(tf, resume or output)
     ckpts = out / CKPT_DIR
-    resume_from = None
-    if resume:
-        resume_from = latest_checkpoint(out, warn=lambda m: print(m, file=sys.stderr))
-        if resume_from is None:
-            raise PreflightError(f"{out}: no usable checkpoint to resume from (expected {ckpts}/epoch_NNNN)")
+    resume_from = _resume_point(out, cfg.train.epochs) if resume else None
     ckpts.mkdir(parents=True, exist_ok=True)
     if not resume:
         copy_redacted(source, out / "config.yaml")  # a tracking URI's user:password masked
@@ -79,8 +75,11 @@ def train_file(
             dest = ckpts / f"epoch_{metrics['epoch']:04d}"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.move(ckpt_dir, dest)
+            # The best epoch's checkpoint is kept beside the newest `keep`: the test evaluation uses it.
+            best = f"epoch_{metrics['best_epoch']:04d}" if _has_validation(cfg) else None
             for old in sorted(ckpts.glob("epoch_*"))[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                if old.name != best:
+                    shutil.rmtree(old, ignore_errors=True)
         with open(history_path, "a") as f:
             f.write(json.dumps({k: v for k, v in metrics.items() if "/" not in k}) + "\n")
         if bar:
@@ -98,11 +97,56 @@ def train_file(
             f" (checkpoints up to {kept.name} are in {ckpts})" if kept else "")) from None
     if bar:
         bar.close()
-    test = evaluate_test(latest_checkpoint(out))
     final = {k: v for k, v in final.items() if "/" not in k}
-    final.update(test, wall_seconds=time.time() - t0, output=str(out))
+    ckpt, epoch, kind = _evaluated_checkpoint(out, cfg, final)
+    why = (f"by {cfg.metric.name} {final['best_metric']:.4f}" if kind == "best" else
+           "best epoch unusable" if _has_validation(cfg) else "no validation split")
+    print(f"test evaluation on the {kind} epoch ({epoch}, {why}): {ckpt}", file=sys.stderr)
+    final.update(evaluate_test(ckpt), evaluated_checkpoint=str(ckpt), evaluated_epoch=epoch, evaluated_as=kind,
+                 wall_seconds=time.time() - t0, output=str(out))
     (out / "final_metrics.json").write_text(json.dumps(final, indent=1, sort_keys=True))
     return final
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _resume_point(out: Path, epochs: int) -> Path:
+    """The checkpoint a resumed run continues from; refused when it has already trained ``epochs``."""
+    from trainables.checkpoint import read_manifest
+
+    resume_from = latest_checkpoint(out, _warn)
+    if resume_from is None:
+        raise PreflightError(f"{out}: no usable checkpoint to resume from (expected {out / CKPT_DIR}/epoch_NNNN)")
+    done = int(read_manifest(resume_from)["epoch"])
+    if epochs <= done:
+        raise PreflightError(f"{out}: already trained {done} epochs, nothing to do for train.epochs {epochs}; "
+                             f"to continue it, pass --epochs N with N > {done}")
+    return resume_from
+
+
+def _has_validation(cfg) -> bool:
+    """Whether the run's metric is measured on held-out images (with ``val_fraction: 0`` it is training images)."""
+    return cfg.data.val_fraction > 0
+
+
+def _evaluated_checkpoint(out: Path, cfg, final: dict) -> tuple[Path, int, str]:
+    """``(checkpoint, epoch, "best" | "last")`` for the test evaluation: the best epoch by ``cfg.metric`` when there
+    is a validation split (falling back to the last one if that checkpoint is unusable), else the last epoch."""
+    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
+
+    if _has_validation(cfg) and final.get("best_epoch"):
+        best = out / CKPT_DIR / f"epoch_{int(final['best_epoch']):04d}"
+        try:
+            load_checkpoint(best)
+            return best, int(final["best_epoch"]), "best"
+        except CheckpointError as exc:
+            _warn(f"warning: the best epoch's checkpoint is unusable ({exc}); evaluating the last one")
+    last = latest_checkpoint(out, _warn)
+    if last is None:
+        raise TernsearchError("no checkpoint was written; nothing to evaluate")
+    return last, int(read_manifest(last)["epoch"]), "last"
 
 
 def evaluate_test(ckpt: Optional[Path]) -> dict[str, float]:

@@ -7,7 +7,8 @@ trains on its own shard of every epoch's permutation and the metrics are reduced
 
 Exact resume: the epoch's data order and augmentation draw from RNGs seeded by ``(seed, epoch, rank)``, and
 the checkpoint holds model, optimizer, schedule, grad scaler and early-stopping state, so 2 epochs + resume
-for 1 equals 3 straight epochs, bit for bit on CPU.
+for 1 equals 3 straight epochs, bit for bit on CPU. A checkpoint resumed with a different ``train.epochs`` (more
+epochs for a finished run) continues its schedule as ``trainables.continuation`` describes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from trainables import optim, recipes
 from trainables.augment import BatchAugment, normalize
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrainConfig
+from trainables.continuation import restore_schedule
 from trainables.data import make_split
 from trainables.failures import DivergedError, OutOfMemoryError
 from trainables.models import build_model
@@ -240,17 +242,21 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
     latent = latent_weight_params(model)
     optimizer = optim.build_optimizer(optim.param_groups(model, p, latent), p, device)
     steps = optim.steps_per_epoch(batches, p.grad_accum)
-    schedule = optim.build_schedule(optimizer, p, steps, cfg.metric.mode)
+    state, manifest = load_checkpoint(resume_from, map_location=device) if resume_from is not None else (None, None)
+    if state is None:
+        schedule = optim.build_schedule(optimizer, p, steps, cfg.metric.mode)
+    else:  # the run's length may have changed since the checkpoint (`ternsearch train --resume DIR --epochs N`)
+        schedule = restore_schedule(optimizer, p, steps, cfg.metric.mode, state["schedule"],
+                                    trained_for=int(manifest["config"]["train"]["epochs"]),
+                                    done_epochs=int(state["epoch"]))
     amp_dtype = resolve_precision(p.precision, device)
     # fp16 needs loss scaling against underflow; bf16 has fp32's exponent range and does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     stopper = _EarlyStop(cfg.metric.mode, p.early_stop_patience)
     start_epoch = 1
-    if resume_from is not None:
-        state, _ = load_checkpoint(resume_from, map_location=device)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
         scaler.load_state_dict(state["scaler"])
         stopper.load(state["early_stop"])
         start_epoch = int(state["epoch"]) + 1

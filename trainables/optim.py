@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
 from trainables.config import TrainParams
 
-__all__ = ["build_optimizer", "build_schedule", "param_groups"]
+__all__ = ["build_optimizer", "build_schedule", "onecycle_pct", "param_groups"]
 
 
 def param_groups(model: nn.Module, params: TrainParams, latent: list[nn.Parameter]) -> list[dict]:
@@ -59,24 +60,26 @@ def build_optimizer(groups: list[dict], params: TrainParams, device: torch.devic
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int, mode: str = "max"
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int, mode: str = "max",
+    *, onecycle_warm_steps: Optional[float] = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """The LR schedule over ``epochs * steps_per_epoch`` optimizer steps, with optional linear warm-up.
 
     All schedules are torch's own; warm-up is a LinearLR chained by SequentialLR (one-cycle has a warm-up
     phase of its own, so there ``warmup_epochs`` sets its ``pct_start`` instead). ``plateau`` watches the run's
-    metric (``mode``: max or min) and is fed once an epoch (see ``epoch_end``).
+    metric (``mode``: max or min) and is fed once an epoch (see ``epoch_end``). ``onecycle_warm_steps``
+    overrides one-cycle's warm-up length (a run continued to more epochs keeps its first warm-up, see
+    ``trainables.continuation``).
     """
     total = params.epochs * steps_per_epoch
     warm = params.warmup_epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler
     if params.schedule == "onecycle":
-        pct = warm / total if warm else 0.25
         return sched.OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
             total_steps=total,
-            pct_start=min(max(pct, 1.0 / total), 0.99),
+            pct_start=onecycle_pct(warm if onecycle_warm_steps is None else onecycle_warm_steps, total),
             cycle_momentum=params.optimizer == "sgd" and params.momentum > 0,
         )
     main_steps = max(total - warm, 1)
@@ -104,6 +107,12 @@ def build_schedule(
     # Start warm-up at 1/warm of the target so the first step is small but not zero.
     warmup = sched.LinearLR(optimizer, start_factor=1.0 / max(warm, 2), end_factor=1.0, total_iters=warm)
     return sched.SequentialLR(optimizer, [warmup, main], milestones=[warm])
+
+
+def onecycle_pct(warm: float, total: int) -> float:
+    """One-cycle's ``pct_start`` for ``warm`` warm-up steps of ``total`` (25% without a warm-up)."""
+    pct = warm / total if warm else 0.25
+    return min(max(pct, 1.0 / total), 0.99)
 
 
 class PlateauSchedule:
