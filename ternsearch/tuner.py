@@ -215,8 +215,9 @@ class _Searcher(OptunaSearch):
         if error or not result or ot_trial is None or any(not isinstance(result.get(n), (int, float)) for n in names):
             return
         try:
-            if self._ot_study._storage.get_trial(ot_trial._trial_id).state != optuna.trial.TrialState.FAIL:
-                return  # private API (checked against optuna 5.0): the trial's stored state
+            stored = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == ot_trial.number)
+            if stored.state != optuna.trial.TrialState.FAIL:
+                return
             values = [float(result[n]) for n in names]
             self._ot_study.add_trial(optuna.trial.create_trial(
                 params=ot_trial.params, distributions=ot_trial.distributions,
