@@ -30,7 +30,7 @@ storage: {path: results}
 
 # What a normal sweep may print on stderr: the plan, our progress lines and the summary. Nothing from Ray, Tune,
 # MLflow or Optuna (no token-auth warning, configuration box, TensorBoard hint, INFO lines or tracebacks).
-OUR_LINES = re.compile(r"^(sweep '\w+' from |  \S|\[ *\d+\.\ds\] \w{8} |best trial \w{8}: |results: |MLflow: |"
+OUR_LINES = re.compile(r"^(sweep '\w+' from | +\S|\[ *\d+\.\ds\] \w{8} |best trial \w{8}: |results: |MLflow: |"
                        r"best config: )")
 
 
