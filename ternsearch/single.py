@@ -29,7 +29,9 @@ def latest_checkpoint(run_dir: Path, warn=print) -> Optional[Path]:
 
 
 def _output_dir(tf: TrainFile, override: Optional[str]) -> Path:
-    return Path(override or tf.output.format(name=tf.name)).expanduser()
+    """The run directory (``--output``/``--resume DIR``, else the file's ``output:``), absolute against the current
+    directory: what the run records (final_metrics.json, MLflow tags) points there from anywhere."""
+    return Path(override or tf.output.format(name=tf.name)).expanduser().resolve()
 
 
 def train_file(
