@@ -25,7 +25,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if tf.tracking.enabled and (tf.tracking.uri or tf.origin.parent_run_id):
         from ternsearch.tracking import log_single_run
 
-        final["mlflow_run_id"] = log_single_run(tf, Path(a.config), final)
+        final["mlflow_run_id"] = log_single_run(tf, Path(a.config), final, quiet=a.quiet)
     print(json.dumps(final, indent=1, sort_keys=True))
     return 0
 

@@ -377,13 +377,13 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 # ------------------------------------------------------------------------------------------------ single runs
-def log_single_run(tf, source: Path, final: dict) -> str:
+def log_single_run(tf, source: Path, final: dict, quiet: bool = False) -> str:
     """Record a finished ``ternsearch train`` run: one run linked to its sweep by
     ``ternsearch.sweep_parent_run_id``; params = the flattened resolved config; per-epoch metrics from
     ``<output>/history.jsonl``; final metrics (test_acc, test_loss, ...); the config file as an artifact; the
     final model registered as a new version of the sweep's registered model, with the test metrics as its tags and
     metrics, and packed at 2 bits as an artifact (``ternsearch.mlflow_model.log_retrained_model``).
-    Returns the run id.
+    ``quiet``: without MLflow's own console lines. Returns the run id.
 
     Raises:
         TrackingError: the store cannot be reached or used.
@@ -393,7 +393,7 @@ def log_single_run(tf, source: Path, final: dict) -> str:
     experiment = tf.tracking.experiment or tf.name
     check_reachable(uri)
     try:
-        return _log_single_run(tf, Path(source), final, output, uri, experiment)
+        return _log_single_run(tf, Path(source), final, output, uri, experiment, quiet)
     except TrackingError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -413,7 +413,7 @@ def _read_history(path: Path) -> dict[int, dict]:
     return rows
 
 
-def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, experiment: str) -> str:
+def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, experiment: str, quiet: bool) -> str:
     from mlflow.tracking import MlflowClient
 
     from ternsearch.export import data_line
@@ -442,7 +442,7 @@ def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, exper
         logged = set(history.get(last_epoch, {}))
         finals = {k: v for k, v in final.items()
                   if _is_number(v) and k not in _TUNE_KEYS and (k not in logged or k.startswith("test_"))}
-        registered = log_retrained_model(client, uri, experiment_id, run_id, tf, final, output)
+        registered = log_retrained_model(client, uri, experiment_id, run_id, tf, final, output, quiet)
         tests = {k: finals.pop(k) for k in list(finals) if k.startswith("test_")}
         _log_batch(client, run_id, metrics=_metrics(finals, last_epoch) + _metrics(
             tests, last_epoch, model_id=registered.model_id if registered else None))

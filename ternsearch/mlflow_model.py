@@ -66,7 +66,7 @@ def retrain_checkpoint(final: dict, output: Path) -> Optional[Path]:
 
 
 def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, final: dict,
-                        output: Path) -> Optional[RegisteredModel]:
+                        output: Path, quiet: bool = False) -> Optional[RegisteredModel]:
     """The model of a finished ``ternsearch train`` run: registered as a new version of its sweep's registered
     model (``origin.sweep``; the run's ``name`` without one), the test metrics as tags of that version, and the
     model packed at 2 bits a weight as the run's artifact ``packed/<name>.tern``. None (nothing logged) when the
@@ -83,7 +83,7 @@ def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, f
     if origin.trial_id:
         tags["ternsearch.trial_id"] = origin.trial_id
     registered = log_registered_model(
-        client, uri, experiment_id, run_id, model, registered_name=origin.sweep or tf.name, tags=tags,
+        client, uri, experiment_id, run_id, model, registered_name=origin.sweep or tf.name, tags=tags, quiet=quiet,
         metadata={"ternsearch_run": tf.name, "ternsearch_trial_id": origin.trial_id, "arch": cfg.model.arch,
                   "quantizer": cfg.model.quantizer, "checkpoint": str(ckpt)})
     if registered.version:
