@@ -25,7 +25,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if tf.tracking.enabled and (tf.tracking.uri or tf.origin.parent_run_id):
         from ternsearch.tracking import log_single_run
 
-        final["mlflow_run_id"] = log_single_run(tf, Path(a.config), final)
+        final["mlflow_run_id"] = log_single_run(tf, Path(a.config), final, quiet=a.quiet)
     print(json.dumps(final, indent=1, sort_keys=True))
     return 0
 
@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="also show Ray's, Tune's, MLflow's and Optuna's own output (and the trials' output)")
     s.set_defaults(func=_cmd_sweep)
 
-    e = sub.add_parser("export", help="write the best trial as a standalone train config")
+    e = sub.add_parser("export", help="write the best trial as a standalone train config (by default a full "
+                       "retraining on the whole training set)")
     e.add_argument("results", help="a sweep's results directory, or the sweep's spec file")
     e.add_argument("--spec", help="refuse unless this spec file (as it is now) made the results")
     e.add_argument("--pick", metavar="OBJECTIVE[:TOL]", help="multi-objective sweeps: the Pareto trial best on "
@@ -106,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--packed", metavar="FILE", help="also write the best model packed at 2 bits a weight (.tern)")
     e.add_argument("-o", "--output", default="best.yaml")
     e.add_argument("--epochs", type=int, help="retrain for this many epochs")
+    e.add_argument("--keep-split", action="store_true", help="retrain on the sweep's data.subset and validation "
+                   "split (default: on all 50,000 training images, data.val_fraction: 0, the val_* metrics then "
+                   "measured on the training images)")
     e.set_defaults(func=_cmd_export)
 
     r = sub.add_parser("report", help="HTML report and trial table of a sweep")

@@ -14,6 +14,8 @@ from ternsearch.recordfiles import SWEEP, read_trials
 
 __all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
 
+CIFAR10_TRAIN_IMAGES = 50_000  # the training set a retraining without data.subset uses
+
 
 def load_results_meta(results_dir: Path) -> dict[str, Any]:
     """The sweep.json of a results directory, or a one-line ResultsError."""
@@ -62,14 +64,21 @@ def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[st
     return meta, (max if modes[name] == "max" else min)(near, key=lambda t: t["last"][name])
 
 
-def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[str] = None) -> dict[str, Any]:
-    """The chosen trial's (see ``chosen_trial``) full resolved config as a train-file mapping, with its origin."""
+def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[str] = None,
+                keep_split: bool = False) -> dict[str, Any]:
+    """The chosen trial's (see ``chosen_trial``) full resolved config as a train-file mapping, with its origin.
+
+    By default the retraining is on the whole training set: the sweep's ``data.subset`` is dropped and its
+    validation split goes back into training (``data.val_fraction: 0``). ``keep_split`` keeps both as the
+    trial had them."""
     from trainables.config import TrainConfig
 
     meta, best = chosen_trial(results_dir, pick)
     cfg = TrainConfig.model_validate(meta["base"]).with_overrides(best["config"])
     if epochs is not None:
         cfg = cfg.with_overrides({"epochs": epochs})
+    if not keep_split:
+        cfg = cfg.with_overrides({"data.subset": None, "data.val_fraction": 0.0})
     doc = cfg.model_dump(mode="json")
     doc["name"] = f"{meta['name']}-best"
     doc["data"] = {k: v for k, v in doc["data"].items() if v is not None}
@@ -83,13 +92,28 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
     return doc
 
 
+def data_line(data: dict[str, Any]) -> str:
+    """What a train file's ``data:`` section trains on, in words (the exported file's header)."""
+    fraction = float(data.get("val_fraction", 0.1))
+    total = data.get("subset") or CIFAR10_TRAIN_IMAGES
+    if fraction == 0:
+        whole = "the whole training set" if total == CIFAR10_TRAIN_IMAGES else f"a subset of {total:,} images"
+        return (f"Trains on {whole} ({total:,} images, no validation split): the per-epoch val_* metrics are "
+                "measured on the training images (eval_on: train); test accuracy is measured at the end.")
+    n_val = int(round(fraction * total))  # as trainables.data.split_indices rounds it
+    return (f"Trains on the sweep's split: {total - n_val:,} of {total:,} images"
+            + (f" (data.subset {total:,})" if data.get("subset") else "")
+            + f", {n_val:,} held out for validation (val_fraction {fraction:g}).")
+
+
 def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = None,
-                      pick: Optional[str] = None) -> Path:
+                      pick: Optional[str] = None, keep_split: bool = False) -> Path:
     """Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.outputs``)."""
     check_output(output, results_dir, REGENERABLE["export"])
-    doc = best_config(results_dir, epochs, pick)
+    doc = best_config(results_dir, epochs, pick, keep_split)
     header = (f"# Best trial {doc['origin']['trial_id']} of sweep '{doc['origin']['sweep']}' "
               f"({doc['metric']['name']} = {doc['origin']['metric_value']:.4f}).\n"
+              f"# {data_line(doc['data'])}\n"
               f"# Retrain it: ternsearch train {output}\n")
     order = ["name", "metric", "data", "model", "train", "tracking", "output", "origin"]
     body = yaml.safe_dump({k: doc[k] for k in order}, sort_keys=False, default_flow_style=False)
@@ -155,7 +179,7 @@ def export_command(a) -> int:
         check_output(a.packed, results, REGENERABLE["packed"], specs)
         if same_file(Path(a.packed), Path(a.output)):
             raise OutputError(f"{a.packed}: refusing to write here: it is also the -o file")
-    out = write_best_config(results, Path(a.output), a.epochs, a.pick)
+    out = write_best_config(results, Path(a.output), a.epochs, a.pick, a.keep_split)
     print(out)
     if a.packed:
         print(write_packed(results, Path(a.packed), a.pick))

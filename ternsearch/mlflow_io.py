@@ -330,11 +330,12 @@ def _tags(values: dict[str, Any]):
     return [RunTag(k[:_MAX_KEY], str(v)[:_MAX_TAG_VAL]) for k, v in values.items() if v is not None]
 
 
-def _metrics(values: dict[str, Any], step: int, ts: Optional[int] = None):
+def _metrics(values: dict[str, Any], step: int, ts: Optional[int] = None, model_id: Optional[str] = None):
+    """MLflow metrics at ``step``; with ``model_id`` they are that logged model's metrics too."""
     from mlflow.entities import Metric
 
     ts = ts or _now_ms()
-    return [Metric(_metric_key(k), float(v), ts, int(step)) for k, v in values.items()]
+    return [Metric(_metric_key(k), float(v), ts, int(step), model_id=model_id) for k, v in values.items()]
 
 
 @contextlib.contextmanager
@@ -376,11 +377,13 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 # ------------------------------------------------------------------------------------------------ single runs
-def log_single_run(tf, source: Path, final: dict) -> str:
+def log_single_run(tf, source: Path, final: dict, quiet: bool = False) -> str:
     """Record a finished ``ternsearch train`` run: one run linked to its sweep by
     ``ternsearch.sweep_parent_run_id``; params = the flattened resolved config; per-epoch metrics from
-    ``<output>/history.jsonl``; final metrics (test_acc, test_loss, ...); the config file as an artifact.
-    Returns the run id.
+    ``<output>/history.jsonl``; final metrics (test_acc, test_loss, ...); the config file as an artifact; the
+    final model registered as a new version of the sweep's registered model, with the test metrics as its tags and
+    metrics, and packed at 2 bits as an artifact (``ternsearch.mlflow_model.log_retrained_model``).
+    ``quiet``: without MLflow's own console lines. Returns the run id.
 
     Raises:
         TrackingError: the store cannot be reached or used.
@@ -390,7 +393,7 @@ def log_single_run(tf, source: Path, final: dict) -> str:
     experiment = tf.tracking.experiment or tf.name
     check_reachable(uri)
     try:
-        return _log_single_run(tf, Path(source), final, output, uri, experiment)
+        return _log_single_run(tf, Path(source), final, output, uri, experiment, quiet)
     except TrackingError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -410,8 +413,11 @@ def _read_history(path: Path) -> dict[int, dict]:
     return rows
 
 
-def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, experiment: str) -> str:
+def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, experiment: str, quiet: bool) -> str:
     from mlflow.tracking import MlflowClient
+
+    from ternsearch.export import data_line
+    from ternsearch.mlflow_model import log_retrained_model
 
     _ensure_sqlite_dir(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -420,7 +426,8 @@ def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, exper
     tags = {TAG["role"]: "train", "ternsearch.output": str(output.resolve()), "ternsearch.config_file":
             str(source.resolve()), TAG["sweep_parent"]: origin.parent_run_id, "ternsearch.origin.sweep": origin.sweep,
             "ternsearch.origin.results": origin.results, "ternsearch.origin.trial_id": origin.trial_id,
-            "ternsearch.origin.metric_value": origin.metric_value, **_common_tags()}
+            "ternsearch.origin.metric_value": origin.metric_value, "ternsearch.data": data_line(tf.data.model_dump()),
+            "ternsearch.eval_on": "train" if tf.data.val_fraction == 0 else "val", **_common_tags()}
     run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items() if v is not None},
                             run_name=f"{tf.name} retrain" if origin.parent_run_id else tf.name)
     run_id = run.info.run_id
@@ -435,7 +442,12 @@ def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, exper
         logged = set(history.get(last_epoch, {}))
         finals = {k: v for k, v in final.items()
                   if _is_number(v) and k not in _TUNE_KEYS and (k not in logged or k.startswith("test_"))}
-        _log_batch(client, run_id, metrics=_metrics(finals, last_epoch))
+        registered = log_retrained_model(client, uri, experiment_id, run_id, tf, final, output, quiet)
+        tests = {k: finals.pop(k) for k in list(finals) if k.startswith("test_")}
+        _log_batch(client, run_id, metrics=_metrics(finals, last_epoch) + _metrics(
+            tests, last_epoch, model_id=registered.model_id if registered else None))
+        if registered:
+            client.set_tag(run_id, "ternsearch.model_uri", registered.uri)
         if source.is_file():
             client.log_artifact(run_id, str(source), "config")
         if (output / "final_metrics.json").is_file():

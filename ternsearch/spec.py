@@ -467,6 +467,7 @@ def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
         raise loc.error(("scheduler", "grace_period"), f"{doc.scheduler.grace_period} is more than the "
                         f"{max_epochs} epochs a trial runs (grace_period must be <= {what})")
     _check_batch_split(loc, doc, by_name.get("batch_size"))
+    _check_val_split(loc, doc, by_name.get("data.val_fraction"))
     if doc.searcher.algorithm == "grid":
         for p in params:
             if p.kind != "choice":
@@ -498,6 +499,23 @@ def _check_batch_split(loc: Located, doc: _SweepModel, searched: Optional[Param]
     elif w > 1 and (searched.low % w or (searched.step or 1) % w):
         raise loc.error(("search", "batch_size", searched.kind), f"the range holds batch sizes not divisible by "
                         f"resources.workers_per_trial ({w}) (low and step must be multiples of {w}, or use a choice)")
+
+
+def _check_val_split(loc: Located, doc: _SweepModel, searched: Optional[Param]) -> None:
+    """A sweep compares trials on held-out images: val_fraction 0 (a train file's full retraining) is refused."""
+    allowed = ("a sweep compares trials on a validation split: use a value > 0 and < 1; val_fraction 0 is for "
+               "train files, such as the full retraining `ternsearch export` writes")
+    if searched is None:
+        if doc.data.val_fraction == 0:
+            raise loc.error(("data", "val_fraction"), f"0 holds out no validation images ({allowed})")
+    elif searched.kind == "choice":
+        for i, value in enumerate(searched.choices):
+            if value == 0:
+                raise loc.error(("search", "data.val_fraction", "choice", i),
+                                f"{show(value)} holds out no validation images ({allowed})")
+    elif searched.low == 0:
+        raise loc.error(("search", "data.val_fraction", searched.kind),
+                        f"low {show(searched.low)} holds out no validation images ({allowed})")
 
 
 _URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")

@@ -43,9 +43,8 @@ from trainables.failures import failure_reason, without_permanent_prefix
 from ternsearch.errors import TrackingError
 from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
                                   _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
-                                  _pip_requirements, _quote, _redact, _search_all, _tags, _using_tracking_uri,
-                                  check_reachable, copy_redacted, default_tracking_uri, flatten_config,
-                                  log_single_run, mlflow_console_off, without_credentials)
+                                  _quote, _redact, _search_all, _tags, check_reachable, copy_redacted,
+                                  default_tracking_uri, flatten_config, log_single_run, without_credentials)
 from ternsearch.records import LOST_REASON
 from ternsearch.tracking_queue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
 
@@ -376,31 +375,20 @@ class MLflowTracker(WriteQueue, Callback):
                                 f"({type(exc).__name__}: {_one_line(exc)})") from None
 
     def _log_best(self, trial_id: str, checkpoint_dir: str, best_config_yaml: str) -> str:
-        import numpy as np
-
         from trainables.checkpoint import read_manifest
         from trainables.loop import model_from_checkpoint
-        from trainables.mlflow_compat import import_mlflow_pytorch
 
-        mlflow_pytorch = import_mlflow_pytorch()
+        from ternsearch.mlflow_model import log_registered_model
 
         parent = self._require_parent()
         client = self._client()
         model, cfg = model_from_checkpoint(checkpoint_dir)
         manifest = read_manifest(checkpoint_dir)
-        example = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-        # MLflow 3 puts a model logged without an active run into the *default* experiment (id 0, artifacts in
-        # ./mlruns of the current directory): create the LoggedModel in the sweep's experiment first.
-        logged = client.create_logged_model(self.experiment_id, name="model", source_run_id=parent,
-                                            tags={"ternsearch.trial_id": trial_id})
-        with _using_tracking_uri(self.uri), mlflow_console_off(self.quiet):
-            info = mlflow_pytorch.log_model(
-                model, name="model", input_example=example, serialization_format="pickle",
-                pip_requirements=_pip_requirements(), registered_model_name=self.sweep_name, run_id=parent,
-                model_id=logged.model_id,
-                metadata={"ternsearch_trial_id": trial_id, "arch": cfg.model.arch, "quantizer": cfg.model.quantizer,
-                          "input": "float32 NCHW 3x32x32, normalized like trainables.augment.normalize"},
-            )
+        uri = log_registered_model(
+            client, self.uri, self.experiment_id, parent, model, registered_name=self.sweep_name,
+            tags={"ternsearch.trial_id": trial_id}, quiet=self.quiet,
+            metadata={"ternsearch_trial_id": trial_id, "arch": cfg.model.arch, "quantizer": cfg.model.quantizer},
+        ).uri
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "best.yaml"
             path.write_text(best_config_yaml)
@@ -412,8 +400,6 @@ class MLflowTracker(WriteQueue, Callback):
             child_id = child.info.run_id if child else None
         if value is None and child_id:
             value = client.get_run(child_id).data.metrics.get(self.metric)
-        version = getattr(info, "registered_model_version", None)
-        uri = f"models:/{self.sweep_name}/{version}" if version else info.model_uri
         tags = {TAG["best_trial_id"]: trial_id, "ternsearch.model_uri": uri, "ternsearch.best_run_id": child_id}
         metrics = {f"best_{self.metric}": value} if _is_number(value) else {}
         _log_batch(client, parent, metrics=_metrics(metrics, int(manifest.get("epoch") or 0)), tags=_tags(tags))

@@ -104,17 +104,24 @@ def test_best_model_loads_and_predicts(sweep, data_root, monkeypatch):
     assert logits.shape == (64, 10) and torch.isfinite(logits).all()
 
 
-def test_export_then_retrain_reports_test_accuracy(sweep):
+def test_export_then_retrain_registers_the_model(sweep, data_root, monkeypatch):
+    """export -> a config for all 50,000 training images -> `ternsearch train` -> an MLflow run linked to the
+    sweep, whose model is a new version of the sweep's registered model and gives the logged test accuracy."""
+    import mlflow.pytorch
+    import torch
+    import yaml
+
+    from ternsearch.spec import load_train_file
+    from trainables.augment import normalize
+    from trainables.data import load_cifar10, split_indices
+    from trainables.loop import model_from_checkpoint
+    from trainables.packed import load_packed
+
     tmp, summary, results = sweep
     best = tmp / "best.yaml"
     proc = cli("export", str(results), "-o", str(best), "--epochs", "1", "--packed", str(tmp / "best.tern"), cwd=tmp)
     assert proc.returncode == 0, proc.stderr
-    assert "epochs: 1" in best.read_text()
     # The packed model: the best trial's checkpoint at 2 bits a weight, the same logits as the checkpoint's model.
-    import torch
-    from trainables.loop import model_from_checkpoint
-    from trainables.packed import load_packed
-
     assert f"{tmp / 'best.tern'}: " in proc.stdout and "smaller than the fp32 state_dict" in proc.stdout
     packed, _ = load_packed(tmp / "best.tern")
     best_trial = json.loads((results / "trials.json").read_text())[summary["best_trial"]]
@@ -122,13 +129,43 @@ def test_export_then_retrain_reports_test_accuracy(sweep):
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(packed(x), model(x))
-    proc = cli("train", str(best), "-o", str(tmp / "retrain"), "-q", cwd=tmp)
+    # The exported file itself trains on the whole training set.
+    doc = yaml.safe_load(best.read_text())
+    assert doc["train"]["epochs"] == 1 and doc["data"]["val_fraction"] == 0 and "subset" not in doc["data"]
+    data = load_train_file(best).base_config().data
+    train_idx, val_idx = split_indices(load_cifar10(str(data_root), train=True)[1], data.val_fraction, data.subset,
+                                       data.split_seed)
+    assert (len(train_idx), len(val_idx)) == (50_000, 0)
+    # One epoch on 50,000 images takes minutes on 2 cores: retrain a copy on 600 of them, still holding none out.
+    doc["data"]["subset"] = 600
+    small = tmp / "best-600.yaml"
+    small.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proc = cli("train", str(small), "-o", str(tmp / "retrain"), "-q", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = json.loads(proc.stdout)
-    assert 0.0 <= final["test_acc"] <= 1.0 and final["epoch"] == 1
+    assert final["epoch"] == 1 and final["eval_on"] == "train" and 0.0 <= final["test_acc"] <= 1.0
+
     client, runs = _runs(results)
-    linked = [r for r in runs if r.data.tags.get("ternsearch.sweep_parent_run_id")]
-    assert len(linked) == 1 and "test_acc" in linked[0].data.metrics
+    [run] = [r for r in runs if r.data.tags.get("ternsearch.sweep_parent_run_id")]
+    sweep_run = json.loads((results / "sweep.json").read_text())["parent_run_id"]
+    assert run.info.run_id == final["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags["ternsearch.sweep_parent_run_id"] == sweep_run
+    assert run.data.tags["ternsearch.eval_on"] == "train"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1]
+    uri = run.data.tags["ternsearch.model_uri"]
+    assert uri == f"models:/{NAME}/2" and summary["model_uri"] == f"models:/{NAME}/1"  # after the sweep's best
+    version = client.get_model_version(NAME, "2")
+    assert version.run_id == run.info.run_id
+    assert float(version.tags["test_acc"]) == run.data.metrics["test_acc"] == final["test_acc"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "packed")] == [f"packed/{doc['name']}.tern"]
+    # The registered model, loaded as a user would, gives the logged test accuracy on the 10,000 test images.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{results / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model(uri)
+    x, y = load_cifar10(str(data_root), train=False)
+    with torch.no_grad():
+        correct = sum(int((loaded(normalize(x[i:i + 1000])).argmax(1) == y[i:i + 1000]).sum())
+                      for i in range(0, len(y), 1000))
+    assert correct / len(y) == pytest.approx(run.data.metrics["test_acc"], abs=2 / len(y))
 
 
 def test_ddp_trial_two_ranks_see_different_data(tmp_path, data_root):

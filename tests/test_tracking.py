@@ -208,6 +208,79 @@ def test_log_single_run(tmp_path, store):
     assert run.data.metrics["test_acc"] == 0.47 and run.data.metrics["wall_seconds"] == 9.0
     assert "done" not in run.data.metrics
     assert [a.path for a in client.list_artifacts(run_id, "config")] == ["config/best.yaml"]
+    assert "ternsearch.model_uri" not in run.data.tags  # no checkpoint in the run directory: no model to log
+    assert run.data.tags["ternsearch.eval_on"] == "val"
+
+
+def _retrain_dir(tmp_path, epochs=(1, 2)) -> tuple:
+    """A `ternsearch train` run directory holding real checkpoints of (different) tinynet models, one an epoch."""
+    import torch
+
+    from trainables.checkpoint import save_checkpoint
+    from trainables.config import TrainConfig
+    from trainables.models import build_model
+
+    cfg = TrainConfig.model_validate({"data": {"val_fraction": 0.0}, "model": {"arch": "tinynet"}})
+    out, models = tmp_path / "run", {}
+    for epoch in epochs:
+        torch.manual_seed(epoch)
+        models[epoch] = build_model(cfg.model).eval()
+        save_checkpoint(out / "checkpoints" / f"epoch_{epoch:04d}", {"model": models[epoch].state_dict()},
+                        {"config": cfg.model_dump(mode="json"), "epoch": epoch, "metrics": {}})
+    (out / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": 0.1 * e, "eval_on": "train"})
+                                               + "\n" for e in epochs))
+    return out, models
+
+
+def test_log_single_run_registers_the_evaluated_model(tmp_path, store, monkeypatch):
+    """The retrained model: a new version of the sweep's registered model, the one the test evaluation used
+    (``evaluated_checkpoint``; else the latest), test metrics on the version, its packed form on the run."""
+    import mlflow.pytorch
+    import torch
+
+    from trainables.packed import load_packed
+    from ternsearch.spec import TrainFile
+
+    uri = default_tracking_uri(store, None)
+    out, models = _retrain_dir(tmp_path)
+    source = tmp_path / "best.yaml"
+    source.write_text("name: toy2-best\n")
+    tf = TrainFile.model_validate({
+        "name": "toy2-best", "data": {"val_fraction": 0}, "model": {"arch": "tinynet"},
+        "tracking": {"uri": uri, "experiment": "exp-retrain"}, "origin": {"sweep": "toy2", "parent_run_id": "p1"}})
+    final = {"epoch": 2, "test_acc": 0.31, "test_loss": 1.9, "output": str(out),
+             "evaluated_checkpoint": str(out / "checkpoints" / "epoch_0001")}
+    run_id = log_single_run(tf, source, final)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["ternsearch.model_uri"] == "models:/toy2/1"
+    assert run.data.tags["ternsearch.eval_on"] == "train"
+    assert run.data.tags["ternsearch.data"].startswith("Trains on the whole training set (50,000 images")
+    assert run.data.metrics["test_acc"] == 0.31
+    version = client.get_model_version("toy2", "1")
+    assert version.run_id == run_id
+    assert version.tags["test_acc"] == "0.31" and version.tags["test_loss"] == "1.9"
+    # The SQLite registry keeps a version's metrics on its logged model (the version's source: models:/<model_id>).
+    logged = client.get_logged_model(version.source.rsplit("/", 1)[-1])
+    assert {m.key: m.value for m in logged.metrics} == {"test_acc": 0.31, "test_loss": 1.9}
+    assert logged.experiment_id == run.info.experiment_id and logged.source_run_id == run_id
+    x = torch.randn(4, 3, 32, 32)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with torch.no_grad():
+        assert torch.allclose(mlflow.pytorch.load_model("models:/toy2/1")(x), models[1](x), atol=1e-6)
+        [packed] = client.list_artifacts(run_id, "packed")
+        assert packed.path == "packed/toy2-best.tern" and run.data.tags["ternsearch.packed"] == packed.path
+        model, _ = load_packed(client.download_artifacts(run_id, packed.path, str(tmp_path)))
+        assert torch.equal(model(x), models[1](x))
+    # Without evaluated_checkpoint: the latest checkpoint; without a sweep origin: registered under the run's name.
+    alone = TrainFile.model_validate({"name": "solo", "model": {"arch": "tinynet"},
+                                      "tracking": {"uri": uri, "experiment": "exp-retrain"}})
+    run_id = log_single_run(alone, source, {"epoch": 2, "test_acc": 0.2, "output": str(out)})
+    assert client.get_run(run_id).data.tags["ternsearch.model_uri"] == "models:/solo/1"
+    with torch.no_grad():
+        assert torch.allclose(mlflow.pytorch.load_model("models:/solo/1")(x), models[2](x), atol=1e-6)
 
 
 def test_log_best_registers_a_loadable_model(tmp_path, store, monkeypatch):

@@ -64,13 +64,16 @@ class DataConfig(_Strict):
 
     ``root`` names the folder holding ``cifar-10-batches-bin/`` or ``cifar-10-batches-py/``; when it is not given
     the ``TERNSEARCH_DATA`` environment variable is used. ``subset`` keeps a seeded, stratified subset of the
-    50,000 training images (before the validation split) for fast runs.
+    50,000 training images (before the validation split) for fast runs. ``val_fraction: 0`` holds nothing out
+    (a final retraining on every training image): the per-epoch ``val_*`` metrics are then measured on the
+    training images themselves, without augmentation, and each epoch reports ``eval_on: train``. Sweeps need a
+    validation split and refuse 0 (``ternsearch.spec``).
     """
 
     dataset: Literal["cifar10"] = "cifar10"
     root: Optional[str] = None
     download: bool = False
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     subset: Optional[int] = Field(None, ge=20, le=50_000)
     split_seed: int = 0
 

@@ -211,7 +211,8 @@ def split_indices(
 
     Args:
         labels: int64 ``[N]`` class labels (any device; the split is computed on the CPU).
-        val_fraction: Fraction of the (subset of the) images that goes to validation, in (0, 1).
+        val_fraction: Fraction of the (subset of the) images that goes to validation, in [0, 1); with 0 every
+            image is a training image and the validation indices are empty.
         subset: Number of images to keep before splitting, or None for all.
         seed: Seed of the split.
 
@@ -223,8 +224,8 @@ def split_indices(
     """
     labels = labels.detach().to("cpu", torch.int64)
     n = labels.numel()
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if subset is not None and not 0 < subset <= n:
         raise DataError(f"data.subset ({subset}) must be between 1 and the number of training images ({n})")
     generator = torch.Generator().manual_seed(int(seed))
@@ -245,7 +246,7 @@ def split_indices(
     train_counts = keep - val_counts
 
     for c, v, t in zip(classes.tolist(), val_counts.tolist(), train_counts.tolist()):
-        if v == 0 or t == 0:
+        if (v == 0 and n_val) or t == 0:
             which = "validation" if v == 0 else "training"
             name = CIFAR10_CLASSES[c] if 0 <= c < len(CIFAR10_CLASSES) else str(c)
             raise DataError(
@@ -259,12 +260,23 @@ def split_indices(
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no boolean ==; instances compare by identity
 class Split:
-    """The training and validation images of one run, uint8 ``[N,3,32,32]`` and int64 ``[N]``, CPU, contiguous."""
+    """The training and validation images of one run, uint8 ``[N,3,32,32]`` and int64 ``[N]``, CPU, contiguous.
+
+    ``eval_on`` says what the per-epoch ``val_*`` metrics measure: ``"val"``, the held-out split, or ``"train"``
+    when ``data.val_fraction`` is 0 and nothing is held out; then ``val_x``/``val_y`` *are* the training tensors
+    (the same objects, evaluated without augmentation)."""
 
     train_x: Tensor
     train_y: Tensor
     val_x: Tensor
     val_y: Tensor
+    eval_on: str = "val"
+
+
+def _split(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor) -> Split:
+    if val_y.numel() == 0:  # val_fraction 0: no held-out images, the val_* metrics are on the training images
+        return Split(train_x, train_y, train_x, train_y, eval_on="train")
+    return Split(train_x, train_y, val_x, val_y)
 
 
 def _bin_train_records(folder: Path) -> list[np.memmap]:
@@ -298,7 +310,7 @@ def _split_from_bin(folder: Path, cfg: DataConfig) -> Split:
                 out[chosen] = records[idx_np[chosen] % _PER_FILE, 1:]
         return torch.from_numpy(out.reshape(len(idx_np), 3, 32, 32))
 
-    return Split(images(train_idx), labels[train_idx], images(val_idx), labels[val_idx])
+    return _split(images(train_idx), labels[train_idx], images(val_idx), labels[val_idx])
 
 
 def make_split(cfg: DataConfig) -> Split:
@@ -308,7 +320,8 @@ def make_split(cfg: DataConfig) -> Split:
         cfg: The data section (``root``, ``download``, ``val_fraction``, ``subset``, ``split_seed``).
 
     Returns:
-        A :class:`Split` whose tensors are fresh copies (safe to move to a device or modify).
+        A :class:`Split` whose tensors are fresh copies (safe to move to a device or modify); with
+        ``val_fraction`` 0, ``val_x``/``val_y`` are ``train_x``/``train_y`` (``eval_on == "train"``).
 
     Raises:
         DataError: See :func:`load_cifar10` and :func:`split_indices`.
@@ -318,7 +331,7 @@ def make_split(cfg: DataConfig) -> Split:
         return _split_from_bin(folder.resolve(), cfg)
     images, labels = load_cifar10(cfg.root, train=True, download=cfg.download)
     train_idx, val_idx = split_indices(labels, cfg.val_fraction, cfg.subset, cfg.split_seed)
-    return Split(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
+    return _split(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])
 
 
 def load_test(cfg: DataConfig) -> tuple[Tensor, Tensor]:

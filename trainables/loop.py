@@ -224,7 +224,7 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
     split = make_split(cfg.data)
     # The dataset is small: keep it uint8 on the training device; batches are gathered by index there.
     train_x, train_y = split.train_x.to(device), split.train_y.to(device)
-    val_x, val_y = split.val_x.to(device), split.val_y.to(device)
+    val_x, val_y = (train_x, train_y) if split.eval_on == "train" else (split.val_x.to(device), split.val_y.to(device))
     shard = train_x.shape[0] // world
     batches = shard // local_bs
     if batches < 1:
@@ -334,6 +334,7 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
             "train_acc": sums[1].item() / sums[2].item(),
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "eval_on": split.eval_on,  # "train": data.val_fraction 0, the val_* metrics are on training images
             "lr": optimizer.param_groups[-1]["lr"],
             "ternary_lr": optimizer.param_groups[0]["lr"] if latent else 0.0,
             "images_per_sec": sums[2].item() / train_seconds,

@@ -1,0 +1,111 @@
+"""Models into MLflow: the one way a trained model is logged and registered, used by the sweep (its best trial,
+``ternsearch.tracking``) and by ``ternsearch train`` (a retrained exported config, ``ternsearch.mlflow_io``).
+
+A model is logged as an MLflow 3 ``LoggedModel`` created in the run's own experiment (``mlflow.pytorch.log_model``
+without an active run would put it in the default experiment and ./mlruns of the current directory), pickled with
+its class (``serialization_format="pickle"``: the ternary layers are our own modules), and registered as a new
+version of a registered model. torch and MLflow are imported only when a model is logged.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ternsearch.mlflow_io import _pip_requirements, _using_tracking_uri, mlflow_console_off
+
+__all__ = ["RegisteredModel", "log_registered_model", "log_retrained_model"]
+
+MODEL_INPUT = "float32 NCHW 3x32x32, normalized like trainables.augment.normalize"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A logged and registered model: ``uri`` is ``models:/<name>/<version>`` (the logged model's own URI when
+    the store registered no version)."""
+
+    name: str
+    version: Optional[str]
+    uri: str
+    model_id: str
+
+
+def log_registered_model(client, uri: str, experiment_id: str, run_id: str, model, *, registered_name: str,
+                         tags: dict[str, str], metadata: dict[str, Any], quiet: bool = False) -> RegisteredModel:
+    """Log the torch ``model`` on run ``run_id`` (a ``LoggedModel`` named "model" in ``experiment_id``, tagged
+    ``tags``) and register it as a new version of ``registered_name``; ``quiet``: without MLflow's own console
+    lines (see ``mlflow_console_off``)."""
+    import numpy as np
+
+    from trainables.mlflow_compat import import_mlflow_pytorch
+
+    mlflow_pytorch = import_mlflow_pytorch()
+    example = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, tags=tags)
+    with _using_tracking_uri(uri), mlflow_console_off(quiet):
+        info = mlflow_pytorch.log_model(
+            model, name="model", input_example=example, serialization_format="pickle",
+            pip_requirements=_pip_requirements(), registered_model_name=registered_name, run_id=run_id,
+            model_id=logged.model_id, metadata={**metadata, "input": MODEL_INPUT},
+        )
+    version = getattr(info, "registered_model_version", None)
+    model_uri = f"models:/{registered_name}/{version}" if version else info.model_uri
+    return RegisteredModel(registered_name, str(version) if version else None, model_uri, logged.model_id)
+
+
+def retrain_checkpoint(final: dict, output: Path) -> Optional[Path]:
+    """The checkpoint a finished ``ternsearch train`` run's test evaluation used (``evaluated_checkpoint``), else
+    the run directory's latest usable one; None when there is none."""
+    if final.get("evaluated_checkpoint"):
+        return Path(final["evaluated_checkpoint"])
+    from trainables.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(output)
+
+
+def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, final: dict,
+                        output: Path, quiet: bool = False) -> Optional[RegisteredModel]:
+    """The model of a finished ``ternsearch train`` run: registered as a new version of its sweep's registered
+    model (``origin.sweep``; the run's ``name`` without one), the test metrics as tags of that version, and the
+    model packed at 2 bits a weight as the run's artifact ``packed/<name>.tern``. None (nothing logged) when the
+    run directory has no checkpoint. The caller logs the test metrics with ``model_id`` so that they are the
+    logged model's (and so the version's) metrics too."""
+    ckpt = retrain_checkpoint(final, output)
+    if ckpt is None:
+        return None
+    from trainables.loop import model_from_checkpoint
+
+    model, cfg = model_from_checkpoint(ckpt)
+    origin = tf.origin
+    tags = {"ternsearch.role": "retrain", "ternsearch.checkpoint": str(ckpt)}
+    if origin.trial_id:
+        tags["ternsearch.trial_id"] = origin.trial_id
+    registered = log_registered_model(
+        client, uri, experiment_id, run_id, model, registered_name=origin.sweep or tf.name, tags=tags, quiet=quiet,
+        metadata={"ternsearch_run": tf.name, "ternsearch_trial_id": origin.trial_id, "arch": cfg.model.arch,
+                  "quantizer": cfg.model.quantizer, "checkpoint": str(ckpt)})
+    if registered.version:
+        version_tags = {k: final[k] for k in ("test_acc", "test_loss") if final.get(k) is not None}
+        version_tags.update({"ternsearch.run_id": run_id, "ternsearch.role": "retrain",
+                             "ternsearch.checkpoint": ckpt.name})
+        for key, value in version_tags.items():
+            client.set_model_version_tag(registered.name, registered.version, key, str(value))
+    client.set_tag(run_id, "ternsearch.packed", _log_packed(client, run_id, model, cfg, tf.name))
+    return registered
+
+
+def _log_packed(client, run_id: str, model, cfg, name: str) -> str:
+    """Log the packed 2-bit model as ``packed/<name>.tern``; what happened, for the run's tag."""
+    from trainables.packed import PackError, save_packed
+
+    if cfg.model.quantizer == "none":
+        return "not packed: full precision (model.quantizer: none)"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = save_packed(model, cfg, Path(tmp) / f"{name}.tern")
+        except PackError as exc:
+            return f"not packed: {exc}"
+        client.log_artifact(run_id, str(path), "packed")
+    return f"packed/{path.name}"
