@@ -23,7 +23,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     final = train_file(tf, Path(a.config), output=a.output, resume=a.resume, epochs=a.epochs,
                        progress=not a.quiet)
     if tf.tracking.enabled and (tf.tracking.uri or tf.origin.parent_run_id):
-        from ternsearch.tracking import log_single_run
+        from ternsearch.train_tracking import log_single_run  # no Ray: ternsearch train runs without it
 
         final["mlflow_run_id"] = log_single_run(tf, Path(a.config), final, quiet=a.quiet)
     print(json.dumps(final, indent=1, sort_keys=True))

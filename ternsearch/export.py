@@ -8,13 +8,12 @@ from typing import Any, Optional
 
 import yaml
 
+from ternsearch.describe import data_line
 from ternsearch.errors import OutputError, ResultsError
 from ternsearch.outputs import REGENERABLE, check_output, same_file
 from ternsearch.recordfiles import SWEEP, read_trials
 
 __all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
-
-CIFAR10_TRAIN_IMAGES = 50_000  # the training set a retraining without data.subset uses
 
 
 def load_results_meta(results_dir: Path) -> dict[str, Any]:
@@ -92,18 +91,6 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
     return doc
 
 
-def data_line(data: dict[str, Any]) -> str:
-    """What a train file's ``data:`` section trains on, in words (the exported file's header)."""
-    fraction = float(data.get("val_fraction", 0.1))
-    total = data.get("subset") or CIFAR10_TRAIN_IMAGES
-    if fraction == 0:
-        whole = "the whole training set" if total == CIFAR10_TRAIN_IMAGES else f"a subset of {total:,} images"
-        return (f"Trains on {whole} ({total:,} images, no validation split): the per-epoch val_* metrics are "
-                "measured on the training images (eval_on: train); test accuracy is measured at the end.")
-    n_val = int(round(fraction * total))  # as trainables.data.split_indices rounds it
-    return (f"Trains on the sweep's split: {total - n_val:,} of {total:,} images"
-            + (f" (data.subset {total:,})" if data.get("subset") else "")
-            + f", {n_val:,} held out for validation (val_fraction {fraction:g}).")
 
 
 def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = None,

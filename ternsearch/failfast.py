@@ -73,7 +73,8 @@ class _StopAll(tune.Stopper):
 
 class SetupFailureGuard(tune.Callback):
     """Stops the sweep when its first ``needed`` trials all failed with one and the same setup error (a
-    ``PermanentTrialError`` other than a diverged run or one out of memory) before any trial trained an epoch (data missing, an import error: every later trial would fail the same way).
+    ``PermanentTrialError`` other than a diverged run or one out of memory) before any trial trained an epoch
+    (data missing, an import error: every later trial would fail the same way).
 
     ``reason`` is then ``trial 2c9355df failed: DataError: CIFAR-10 data folder X does not exist ...``; the
     sweep driver prints it as its one line. Trials still starting when the sweep stops stay unfinished, so

@@ -1,5 +1,5 @@
 """Models into MLflow: the one way a trained model is logged and registered, used by the sweep (its best trial,
-``ternsearch.tracking``) and by ``ternsearch train`` (a retrained exported config, ``ternsearch.mlflow_io``).
+``ternsearch.tracking``) and by ``ternsearch train`` (a retrained exported config, ``ternsearch.train_tracking``).
 
 A model is logged as an MLflow 3 ``LoggedModel`` created in the run's own experiment (``mlflow.pytorch.log_model``
 without an active run would put it in the default experiment and ./mlruns of the current directory), pickled with

@@ -44,9 +44,10 @@ from ternsearch.errors import TrackingError
 from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
                                   _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
                                   _quote, _redact, _search_all, _tags, check_reachable, copy_redacted,
-                                  default_tracking_uri, flatten_config, log_single_run, without_credentials)
+                                  default_tracking_uri, flatten_config, without_credentials)
 from ternsearch.records import LOST_REASON
 from ternsearch.tracking_queue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
+from ternsearch.train_tracking import log_single_run
 
 __all__ = ["MLflowTracker", "TAG", "UNWRITTEN_FILE", "check_reachable", "default_tracking_uri", "describe_unwritten",
            "error_reason", "flatten_config", "log_single_run"]

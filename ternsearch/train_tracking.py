@@ -1,0 +1,95 @@
+"""``ternsearch train`` runs into MLflow: one run linked to its sweep, its per-epoch and final metrics, its config,
+and its model registered as a new version of the sweep's registered model. No Ray here: ``ternsearch train``
+runs without it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ternsearch.describe import data_line
+from ternsearch.errors import TrackingError
+from ternsearch.mlflow_io import (TAG, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _get_or_create_experiment,
+                                  _is_number, _log_batch, _metrics, _one_line, _params, _redact, check_reachable,
+                                  default_tracking_uri, flatten_config)
+from ternsearch.mlflow_model import log_retrained_model
+
+__all__ = ["log_single_run"]
+
+
+def log_single_run(tf, source: Path, final: dict, quiet: bool = False) -> str:
+    """Record a finished ``ternsearch train`` run: one run linked to its sweep by
+    ``ternsearch.sweep_parent_run_id``; params = the flattened resolved config; per-epoch metrics from
+    ``<output>/history.jsonl``; final metrics (test_acc, test_loss, ...); the config file as an artifact; the
+    final model registered as a new version of the sweep's registered model, with the test metrics as its tags and
+    metrics, and packed at 2 bits as an artifact (``ternsearch.mlflow_model.log_retrained_model``).
+    ``quiet``: without MLflow's own console lines. Returns the run id.
+
+    Raises:
+        TrackingError: the store cannot be reached or used.
+    """
+    output = Path(final.get("output") or ".")
+    uri = default_tracking_uri(Path(tf.origin.results) if tf.origin.results else output, tf.tracking.uri)
+    experiment = tf.tracking.experiment or tf.name
+    check_reachable(uri)
+    try:
+        return _log_single_run(tf, Path(source), final, output, uri, experiment, quiet)
+    except TrackingError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise TrackingError(f"MLflow tracking store {_redact(uri)}: logging the run failed "
+                            f"({type(exc).__name__}: {_one_line(exc)})") from None
+
+
+def _read_history(path: Path) -> dict[int, dict]:
+    """Epoch -> metrics, the last line kept per epoch (a resumed run repeats the epochs after its checkpoint)."""
+    rows: dict[int, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if "epoch" in row:
+                    rows[int(row["epoch"])] = row
+    return rows
+
+
+def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, experiment: str, quiet: bool) -> str:
+    from mlflow.tracking import MlflowClient  # ~1 s: only when a run is recorded
+
+    _ensure_sqlite_dir(uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _get_or_create_experiment(client, uri, experiment)
+    origin = tf.origin
+    tags = {TAG["role"]: "train", "ternsearch.output": str(output.resolve()), "ternsearch.config_file":
+            str(source.resolve()), TAG["sweep_parent"]: origin.parent_run_id, "ternsearch.origin.sweep": origin.sweep,
+            "ternsearch.origin.results": origin.results, "ternsearch.origin.trial_id": origin.trial_id,
+            "ternsearch.origin.metric_value": origin.metric_value, "ternsearch.data": data_line(tf.data.model_dump()),
+            "ternsearch.eval_on": "train" if tf.data.val_fraction == 0 else "val", **_common_tags()}
+    run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items() if v is not None},
+                            run_name=f"{tf.name} retrain" if origin.parent_run_id else tf.name)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        _log_batch(client, run_id, params=_params(flatten_config(tf.base_config().model_dump(mode="json"))))
+        history = _read_history(output / "history.jsonl")
+        for epoch, row in sorted(history.items()):
+            values = {k: v for k, v in row.items() if k not in _TUNE_KEYS and _is_number(v)}
+            _log_batch(client, run_id, metrics=_metrics(values, epoch))
+        last_epoch = max(history) if history else int(final.get("epoch") or 0)
+        logged = set(history.get(last_epoch, {}))
+        finals = {k: v for k, v in final.items()
+                  if _is_number(v) and k not in _TUNE_KEYS and (k not in logged or k.startswith("test_"))}
+        registered = log_retrained_model(client, uri, experiment_id, run_id, tf, final, output, quiet)
+        tests = {k: finals.pop(k) for k in list(finals) if k.startswith("test_")}
+        _log_batch(client, run_id, metrics=_metrics(finals, last_epoch) + _metrics(
+            tests, last_epoch, model_id=registered.model_id if registered else None))
+        if registered:
+            client.set_tag(run_id, "ternsearch.model_uri", registered.uri)
+        if source.is_file():
+            client.log_artifact(run_id, str(source), "config")
+        if (output / "final_metrics.json").is_file():
+            client.log_artifact(run_id, str(output / "final_metrics.json"), "final")
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id
