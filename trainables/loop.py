@@ -50,7 +50,8 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def pick_device() -> torch.device:
-    """CUDA device of this process's local rank when there is a GPU, else CPU."""
+    """CUDA device of this process's local rank when there is a GPU, else CPU: for runs outside Ray
+    (``ternsearch train``, tests). A Ray trial passes the device it reserved (``entry.trial_device``)."""
     if torch.cuda.is_available():
         import os
 
@@ -71,7 +72,9 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
     if precision == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # including_emulation=False: the default counts bf16 emulated in fp32 (V100, T4), slower than fp16 with
+        # a GradScaler, which is what those GPUs get.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return None
 
 
