@@ -61,3 +61,38 @@ def test_ttq_with_delayed_quantization_trains_under_ddp(data_root):
     for p in procs:
         p.join(60)
     assert outcome == [(0, "ok", 1.0, 2), (1, "ok", 1.0, 2)], outcome
+
+
+def test_shared_storage_packs_a_trials_ranks(tmp_path):
+    """Item 5: a DDP trial's ranks go on as few nodes as possible, shared storage or not."""
+    from ternsearch.spec import load_spec
+    from ternsearch.tuner import make_plan, trial_setup
+
+    spec_file = tmp_path / "ddp.yaml"
+    spec_file.write_text("name: ddp\nmetric: {name: val_acc, mode: max}\nsearch:\n  lr: {loguniform: [0.01, 0.5]}\n"
+                         f"resources: {{workers_per_trial: 2}}\nstorage: {{path: {tmp_path}/nfs, shared: true}}\n")
+    spec = load_spec(spec_file)
+    setup = trial_setup(spec, make_plan(spec, {"CPU": 4.0}), str(tmp_path / "nfs"))
+    assert setup["mode"] == "torchtrainer" and setup["placement_strategy"] == "PACK"
+
+
+def test_a_trial_without_a_gpu_trains_on_cpu(monkeypatch):
+    """Item 2: a trial that reserved no GPU trains on CPU even where CUDA is visible (Ray leaves
+    CUDA_VISIBLE_DEVICES alone for it); one that reserved a GPU in function mode uses the one Ray shows it."""
+    from trainables.entry import trial_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert trial_device({"use_gpu": False}) == torch.device("cpu")
+    assert trial_device({"use_gpu": False}, train_worker=True) == torch.device("cpu")
+    assert trial_device({"use_gpu": True}) == torch.device("cuda", 0)
+
+
+def test_auto_precision_ignores_emulated_bf16(monkeypatch):
+    """Item 3: a GPU that only emulates bf16 (V100, T4) gets fp16 with a GradScaler."""
+    from trainables.loop import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", torch.device("cuda", 0)) is torch.bfloat16
