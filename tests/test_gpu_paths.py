@@ -96,3 +96,95 @@ def test_auto_precision_ignores_emulated_bf16(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert resolve_precision("auto", torch.device("cuda", 0)) is torch.bfloat16
+
+
+def test_deterministic_flag_sets_torchs_switches(monkeypatch):
+    """Item 6: train.deterministic turns on cuDNN's and torch's deterministic algorithms and a fixed cuBLAS
+    workspace; otherwise cudnn.benchmark is on for CUDA runs (and off on CPU, where it means nothing)."""
+    from trainables.loop import set_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert _cfg(deterministic=True).train.deterministic is True
+    cuda = torch.device("cuda", 0)
+    try:
+        set_determinism(True, cuda)
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        set_determinism(False, cuda)
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        set_determinism(False, torch.device("cpu"))
+    assert not torch.backends.cudnn.benchmark
+
+
+def test_fp32_checkpoint_resumes_with_the_fp16_scaler(tmp_path, data_root):
+    """Item 10: a checkpoint written with the GradScaler off (fp32 here, bf16 alike) resumes in a run whose
+    precision is fp16 (what auto gives on another GPU): the scaler starts fresh instead of failing to load."""
+    from trainables.checkpoint import load_checkpoint
+
+    kept = []
+
+    def keep(metrics, ckpt_dir):
+        import shutil
+
+        if ckpt_dir:
+            kept.append(shutil.copytree(ckpt_dir, tmp_path / f"e{metrics['epoch']}"))
+
+    run(_cfg(epochs=1, precision="fp32"), keep)
+    state, manifest = load_checkpoint(kept[0])
+    assert state["scaler"] == {} and state["precision"] == manifest["precision"] == "fp32"
+    out = run(_cfg(epochs=2, precision="fp16"), keep, resume_from=kept[0])
+    assert out["epoch"] == 2 and math.isfinite(out["train_loss"])
+    assert load_checkpoint(kept[1])[0]["precision"] == "fp16"
+
+
+class _InfOnce(torch.nn.Module):
+    """tinynet whose second training forward returns non-finite logits: one fp16 overflow."""
+
+    layer_roles = {"stem": "net.stem", "head": "net.head"}
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        from trainables.models import ConvPoolNet
+
+        self.net, self.calls = ConvPoolNet((16, 32, 64, 128), num_classes), 0
+
+    def forward(self, x):
+        out = self.net(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == 2:
+                out = out * float("inf")
+        return out
+
+
+def test_one_overflow_step_is_skipped_not_divergence(data_root):
+    """Item 11: GradScaler skips the step whose loss is not finite; the epoch's loss leaves it out and the run
+    goes on. Past MAX_NONFINITE_FRACTION of the steps it is divergence (test_loop's test_divergence_raises)."""
+    from trainables.models import model_names, register
+
+    if "inf_once" not in model_names():
+        register("inf_once")(_InfOnce)
+    out = run(_cfg({"arch": "inf_once"}, epochs=1, precision="fp16"), None)  # 5 steps: 1 is 20%
+    assert out["nonfinite_steps"] == 1 and math.isfinite(out["train_loss"])
+
+
+def test_a_quantization_ramp_compiles_once(data_root):
+    """Item 4: the mix moves 0 -> 0.5 -> 1 over three epochs without a recompile (the compiles all happen in
+    epoch 1: the training graph, and evaluation's eval mode and shorter last batch)."""
+    from torch._dynamo.backends.debugging import aot_eager
+
+    compiles, after_epoch = [], []
+
+    def counting(gm, example_inputs):
+        compiles.append(1)
+        return aot_eager(gm, example_inputs)
+
+    cfg = _cfg(subset=100, epochs=3, quantize_from_epoch=2, ramp_epochs=2, compile=True, precision="fp32")
+    out = run(cfg, lambda metrics, ckpt: after_epoch.append((metrics["quant_mix"], len(compiles))),
+              compile_backend=counting)
+    assert [mix for mix, _ in after_epoch] == [0.0, 0.5, 1.0]
+    assert after_epoch[0][1] > 0 and after_epoch[-1][1] == after_epoch[0][1], after_epoch
+    assert out["epoch"] == 3
