@@ -188,3 +188,14 @@ def test_a_quantization_ramp_compiles_once(data_root):
     assert [mix for mix, _ in after_epoch] == [0.0, 0.5, 1.0]
     assert after_epoch[0][1] > 0 and after_epoch[-1][1] == after_epoch[0][1], after_epoch
     assert out["epoch"] == 3
+
+
+def test_a_fractional_gpu_trial_caps_its_memory(monkeypatch):
+    """Item 7: a trial holding a quarter of a GPU caps its allocator at a quarter of the GPU's memory."""
+    from trainables.entry import trial_device
+
+    capped = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: capped.append((f, d)))
+    assert trial_device({"use_gpu": True, "gpus_per_worker": 0.25}) == torch.device("cuda", 0)
+    assert trial_device({"use_gpu": True, "gpus_per_worker": 1.0}) == torch.device("cuda", 0)
+    assert capped == [(0.25, torch.device("cuda", 0))]

@@ -57,8 +57,15 @@ def trial_device(setup: dict, train_worker: bool = False):
     if train_worker:
         from ray.train.torch import get_device
 
-        return get_device()
-    return torch.device("cuda", 0)
+        device = get_device()
+    else:
+        device = torch.device("cuda", 0)
+    share = float(setup.get("gpus_per_worker") or 1.0)
+    if share < 1.0:
+        # Several trials on one GPU: cap this process's caching allocator at its share, so that a neighbour's
+        # memory use is not this trial's out-of-memory failure (which TPE would learn as "big batches fail").
+        torch.cuda.set_per_process_memory_fraction(share, device)
+    return device
 
 
 def _config(config: dict, setup: dict):

@@ -269,6 +269,12 @@ def run(
             f"out of memory in epoch {where['epoch']} at train.batch_size={cfg.train.batch_size} on "
             f"{where['device'] or 'cpu'} ({detail}); lower train.batch_size or pick a smaller model",
             where["epoch"]) from None
+    finally:
+        device_used = where["device"]
+        if device_used is not None and device_used.type == "cuda":
+            # A reused trial actor keeps its caching allocator: hand this run's blocks back to the GPU, which
+            # other trials' processes share.
+            torch.cuda.empty_cache()
 
 
 def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_batch, where: dict,
