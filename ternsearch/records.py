@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +18,7 @@ from typing import Any, Optional
 from ray import tune
 
 from ternsearch.recordfiles import HISTORY, TRIALS, read_history, read_trials
-from trainables.failures import failure_reason, without_permanent_prefix
+from trainables.failures import WRAPPERS, exception_line, failure_reason, root_cause, without_permanent_prefix
 
 __all__ = ["SweepRecorder", "trial_status", "LOST", "LOST_REASON"]
 
@@ -57,10 +58,24 @@ def error_text(trial) -> str:
         if path and os.path.exists(path):
             msg = Path(path).read_text()
     lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
-    for ln in reversed(lines):  # the exception line, not the traceback
-        if "Error" in ln or "diverged" in ln:
-            return without_permanent_prefix(ln)[:300]
+    candidates = [ln for ln in lines if "Error" in ln or "diverged" in ln]  # exception lines, not the traceback
+    own = [ln for ln in candidates if not _WRAPPER_LINE.match(ln)]
+    if own:
+        return without_permanent_prefix(own[-1])[:300]
+    # Only Ray's wrappers ("WorkerGroupError: ...", "[Rank 0,1 Error Snippet]:"): Train V2 truncates a long
+    # worker traceback (DDP's) to its head and tail, dropping the exception line; the pickled error keeps it.
+    try:
+        cause = root_cause(trial.get_pickled_error())
+    except Exception:  # noqa: BLE001 - no pickled error (an old trial, a test's stand-in)
+        cause = None
+    if cause is not None:
+        return without_permanent_prefix(exception_line(cause))
+    if candidates:
+        return without_permanent_prefix(candidates[-1])[:300]
     return lines[-1][:300] if lines else "error"
+
+
+_WRAPPER_LINE = re.compile(r"^(\[Rank [\d,]+ Error Snippet\]:?$|(?:[\w.]+\.)?(?:" + "|".join(WRAPPERS) + r")\b)")
 
 
 LOST = "trials_lost.json"  # trials a killed driver started that Tune's last saved state did not hold

@@ -474,6 +474,12 @@ def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
                 raise loc.error(("search", p.name, p.kind), f"{p.kind} is not a list of values (the grid searcher "
                                 "takes choice distributions only; use searcher.algorithm: tpe or random for ranges)")
     res = doc.resources
+    if res.gpus_per_worker > 1:
+        # The loop trains one model replica on one device; a worker holding 2 GPUs would use one (or, picking
+        # cuda:LOCAL_RANK from a shared device list, collide with its neighbour's). DDP is one worker per GPU.
+        raise loc.error(("resources", "gpus_per_worker"), f"{res.gpus_per_worker:g} GPUs per worker, but a worker "
+                        f"trains on one GPU (for DDP over {res.gpus_per_worker:g} GPUs use workers_per_trial: "
+                        f"{math.ceil(res.gpus_per_worker)} with gpus_per_worker: 1)")
     if res.workers_per_trial > 1 and res.gpus_per_worker % 1:
         raise loc.error(("resources", "gpus_per_worker"), f"{res.gpus_per_worker:g} is a fraction of a GPU, but "
                         f"workers_per_trial is {res.workers_per_trial} (DDP ranks need whole GPUs: 1, 2, ...)")

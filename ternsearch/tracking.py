@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 from ray.tune import Callback
 
-from trainables.failures import failure_reason, without_permanent_prefix
+from trainables.failures import WRAPPERS, exception_line, failure_reason, root_cause, without_permanent_prefix
 
 from ternsearch.errors import TrackingError
 from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
@@ -432,37 +432,30 @@ def error_reason(trial) -> str:
             text = Path(path).read_text(errors="replace").split("Failure # ")[-1]
     except Exception:  # noqa: BLE001
         text = ""
+    reason = _exception_line(text, own_only=True)
+    if reason:
+        return reason
+    # Only Ray's wrappers in the text (Train V2 truncates a long worker traceback, DDP's included, to its head
+    # and tail, dropping the exception line): the pickled error keeps the workers' exceptions whole.
+    try:
+        exc = root_cause(trial.get_pickled_error())
+    except Exception:  # noqa: BLE001
+        exc = None
+    if exc is not None:
+        return _redact(without_permanent_prefix(exception_line(exc)))
     reason = _exception_line(text)
     if reason:
         return reason
-    try:
-        exc = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001
-        exc = None
-    for _ in range(5):  # RayTaskError.cause -> WorkerGroupError.worker_failures[rank] / ControllerError...
-        failures = getattr(exc, "worker_failures", None)
-        cause = (failures[min(failures)] if isinstance(failures, dict) and failures else
-                 getattr(exc, "cause", None) or getattr(exc, "controller_failure", None))
-        if not isinstance(cause, BaseException) or cause is exc:
-            break
-        exc = cause
-    if exc is not None:
-        return _exception_line(str(exc)) or f"{type(exc).__name__}: {_one_line(exc)}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return _redact(lines[-1])[:300] if lines else "unknown error"
 
 
-# Exceptions that only wrap the trainable's own error (Tune's task error, Train V2's worker-group error...).
-_WRAPPERS = ("RayTaskError", "TuneError", "RayTrainError", "TrainingFailedError", "WorkerGroupError",
-             "ControllerError")
-
-
-def _exception_line(text: str) -> str:
+def _exception_line(text: str, own_only: bool = False) -> str:
     """The last ``SomeError: message`` line of a traceback text, preferring the trainable's own exception
-    over Ray's wrappers of it."""
+    over Ray's wrappers of it (with ``own_only``, only the trainable's own)."""
     found = [m for m in map(_EXC_LINE.match, text.splitlines()) if m]
-    own = [m for m in found if m.group(1) not in _WRAPPERS]
-    if not (own or found):
+    own = [m for m in found if m.group(1) not in WRAPPERS]
+    if not own and (own_only or not found):
         return ""
     m = (own or found)[-1]
     return _redact(without_permanent_prefix(f"{m.group(1)}: {m.group(2).strip()}").rstrip(": "))[:300]

@@ -114,7 +114,9 @@ def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any
         "trial_dir_root": f"{experiment_path(storage_path, spec.name)}",
         "max_failures": spec.failure.max_failures,
         "keep_checkpoints": spec.failure.keep_checkpoints,
-        "placement_strategy": "SPREAD" if spec.storage.shared else "PACK",
+        # A trial's DDP ranks on as few nodes as possible (NVLink / shared memory, not NCCL over TCP), whatever
+        # the storage: shared storage lets trials spread over nodes, which Tune does trial by trial anyway.
+        "placement_strategy": "PACK",
         "objectives": [[m.name, m.mode] for m in spec.objectives],
         "local_cluster": plan.local,
     }

@@ -645,3 +645,31 @@ def test_a_trial_asha_stops_on_its_failure_report_ends_failed(tmp_path, store):
             for r in _children(client, t)}
     assert ends == {"nan_00000": ("FAILED", "failed: diverged at epoch 1"),
                     "oom_00001": ("FAILED", "failed: out of memory in epoch 2 at ...")}
+
+
+def test_error_reason_of_a_truncated_ddp_worker_error(tmp_path):
+    """Train V2 keeps a long worker traceback (DDP's) as head + tail: the exception line falls out of the error
+    file, which then ends in ``[Rank 0,1 Error Snippet]:`` and a truncated traceback. The reason recorded is the
+    workers' own exception, from the pickled error (issue 22, item 1)."""
+    from types import SimpleNamespace
+
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from ternsearch.records import error_text
+    from ternsearch.tracking import error_reason
+
+    ddp = RuntimeError("Expected to have finished reduction in the prior iteration before starting a new one. "
+                       "This error indicates that your module has parameters that were not used in producing "
+                       "loss.\nParameter indices which did not receive grad for rank 0: 4 5")
+    text = ("Failure # 1 (occurred at x)\nTraceback (most recent call last):\n  File \"entry.py\", line 250\n"
+            "ray.train.v2.api.exceptions.WorkerGroupError: Training failed due to worker errors:\n"
+            "[Rank 0,1 Error Snippet]:\nTraceback (most recent call last):\n  File \"loop.py\", line 9...\n"
+            "... (Output truncated. See individual worker logs for full details) ...\n"
+            "which did not receive grad for rank 0: 4 5\n")
+    (tmp_path / "error.txt").write_text(text)
+    group = WorkerGroupError("[Rank 0,1 Error Snippet]:\n...", {1: ddp, 0: ddp})
+    trial = SimpleNamespace(error_file=str(tmp_path / "error.txt"), get_pickled_error=lambda: group)
+    expected = ("RuntimeError: Expected to have finished reduction in the prior iteration before starting a new "
+                "one. This error indicates that your module has parameters that were not used in producing loss.")
+    assert error_reason(trial) == expected
+    assert error_text(trial) == expected

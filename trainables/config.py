@@ -136,6 +136,9 @@ class TrainParams(_Strict):
     grad_accum: int = Field(1, ge=1, le=1024)
     channels_last: Union[bool, Literal["auto"]] = "auto"
     compile: bool = False
+    # CUDA: deterministic kernels (cuDNN, cuBLAS workspace, torch.use_deterministic_algorithms), so a resumed run
+    # ends bit for bit where an uninterrupted one does, as on CPU; off: cudnn.benchmark picks the fastest.
+    deterministic: bool = False
     augment: Literal[AUGMENTS] = "standard"  # type: ignore[valid-type]
     mixup_alpha: float = Field(0.2, gt=0.0, le=10.0)
     cutmix_alpha: float = Field(1.0, gt=0.0, le=10.0)

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from trainables.failures import as_permanent, cap_memory_from_env, find_permanent
 
-__all__ = ["train_driver_fn", "worker_fn"]
+__all__ = ["train_driver_fn", "trial_device", "worker_fn"]
 
 
 def _node_info() -> dict[str, Any]:
@@ -40,6 +40,32 @@ def _set_threads(cpus: float) -> None:
     # Ray starts workers with OMP_NUM_THREADS=1; give each trial the cores its resources reserve, so that
     # concurrent trials share the machine instead of oversubscribing it.
     torch.set_num_threads(max(int(cpus), 1))
+
+
+def trial_device(setup: dict, train_worker: bool = False):
+    """The device the trial reserved: CPU when it reserved no GPU, else the GPU Ray assigned it.
+
+    Not ``loop.pick_device``: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for actors that reserve no GPU, so a
+    ``use_gpu: false`` trial on a GPU machine would see every GPU and train on one unreserved. A Train worker
+    takes ``ray.train.torch.get_device()`` (the GPU of its own bundle, whatever its local rank); a function-mode
+    trial sees only its own GPU (Ray sets ``CUDA_VISIBLE_DEVICES`` for it), which is ``cuda:0``.
+    """
+    import torch
+
+    if not setup["use_gpu"]:
+        return torch.device("cpu")
+    if train_worker:
+        from ray.train.torch import get_device
+
+        device = get_device()
+    else:
+        device = torch.device("cuda", 0)
+    share = float(setup.get("gpus_per_worker") or 1.0)
+    if share < 1.0:
+        # Several trials on one GPU: cap this process's caching allocator at its share, so that a neighbour's
+        # memory use is not this trial's out-of-memory failure (which TPE would learn as "big batches fail").
+        torch.cuda.set_per_process_memory_fraction(share, device)
+    return device
 
 
 def _config(config: dict, setup: dict):
@@ -99,7 +125,7 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
         # saved this checkpoint may never have recorded the epoch. Receivers keep one value per epoch.
         send(dict(manifest.get("metrics", {}), replayed=True), None)
     try:
-        run(cfg, send, resume_from=path)
+        run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup["mode"] != "function"))
     except TrialFailure as exc:
         diverged = isinstance(exc, DivergedError)
         objectives = setup.get("objectives") or [[cfg.metric.name, cfg.metric.mode]]

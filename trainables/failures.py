@@ -7,7 +7,7 @@ import re
 from typing import Optional
 
 __all__ = ["DivergedError", "OutOfMemoryError", "PermanentTrialError", "TrialFailure", "as_permanent",
-           "failure_reason", "find_permanent", "without_permanent_prefix"]
+           "exception_line", "failure_reason", "find_permanent", "root_cause", "without_permanent_prefix"]
 
 
 class TrialFailure(RuntimeError):
@@ -103,6 +103,41 @@ def find_permanent(exc: BaseException) -> Optional[PermanentTrialError]:
             todo += [failures[k] for k in sorted(failures)]
         todo += [getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__]
     return None
+
+
+# Exceptions that only wrap the trainable's own error: Tune's task error (its class is "RayTaskError(X)", a
+# subclass of both), Train V2's worker-group and controller errors, the traceback holder inside them.
+WRAPPERS = ("RayTaskError", "TuneError", "RayTrainError", "TrainingFailedError", "WorkerGroupError",
+            "ControllerError", "UserExceptionWithTraceback")
+
+
+def _is_wrapper(exc: BaseException) -> bool:
+    return any(cls.__name__ in WRAPPERS for cls in type(exc).__mro__)
+
+
+def root_cause(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """The exception the trainable raised, inside Ray's wrappers of it (the lowest rank's, when several ranks
+    failed), or None when there is only a wrapper. Train V2's ``WorkerGroupError`` message keeps a truncated
+    traceback per group of ranks, which for a long message (DDP's) drops the exception line itself; its
+    ``worker_failures`` keep the exceptions whole."""
+    seen: set[int] = set()
+    while isinstance(exc, BaseException) and id(exc) not in seen:
+        seen.add(id(exc))
+        if not _is_wrapper(exc):
+            return exc
+        failures = getattr(exc, "worker_failures", None)
+        exc = (failures[min(failures)] if isinstance(failures, dict) and failures else
+               getattr(exc, "cause", None) or getattr(exc, "controller_failure", None)
+               or getattr(exc, "_base_exc", None) or exc.__cause__)
+    return None
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, at most 300 characters (a permanent error's own reason)."""
+    if isinstance(exc, PermanentTrialError):
+        return exc.reason[:300]
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}"[:300] if first else type(exc).__name__
 
 
 _PERMANENT_PREFIX = re.compile(r"^\s*(?:[\w.]+\.)?PermanentTrialError: ")

@@ -36,8 +36,8 @@ from trainables.failures import DivergedError, OutOfMemoryError
 from trainables.models import build_model
 from trainables.ternary import latent_weight_params, overall_zero_frac, ternary_stats
 
-__all__ = ["DivergedError", "OutOfMemoryError", "Report", "evaluate", "model_from_checkpoint", "pick_device",
-           "resolve_precision", "run"]
+__all__ = ["MAX_NONFINITE_FRACTION", "DivergedError", "OutOfMemoryError", "Report", "evaluate",
+           "model_from_checkpoint", "pick_device", "resolve_precision", "run", "set_determinism"]
 
 Report = Callable[[dict[str, Any], Optional[str]], None]
 
@@ -50,7 +50,8 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def pick_device() -> torch.device:
-    """CUDA device of this process's local rank when there is a GPU, else CPU."""
+    """CUDA device of this process's local rank when there is a GPU, else CPU: for runs outside Ray
+    (``ternsearch train``, tests). A Ray trial passes the device it reserved (``entry.trial_device``)."""
     if torch.cuda.is_available():
         import os
 
@@ -71,8 +72,66 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
     if precision == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # including_emulation=False: the default counts bf16 emulated in fp32 (V100, T4), slower than fp16 with
+        # a GradScaler, which is what those GPUs get.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return None
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """Set torch's global switches for this run (explicitly both ways: a reused trial actor keeps the last run's).
+
+    ``deterministic``: cuDNN's deterministic algorithms, a fixed cuBLAS workspace (cuBLAS otherwise reduces in
+    an order that depends on its stream's workspace) and ``torch.use_deterministic_algorithms``, warning
+    instead of raising for an op that has no deterministic CUDA kernel. Otherwise ``cudnn.benchmark`` on CUDA:
+    it times the algorithms for each new input shape once and keeps the fastest, which is also why GPU runs,
+    resumed or not, differ in the last bits.
+    """
+    import os
+
+    if deterministic:
+        # Read by cuBLAS when its handle is created: set before the first matmul of this process.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic and device.type == "cuda"
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+# More than this fraction of an epoch's steps with a non-finite loss is divergence. Fewer are fp16 overflows
+# that GradScaler skipped (it halves the scale and drops the step): they leave the mean loss out, not the run.
+MAX_NONFINITE_FRACTION = 0.25
+
+
+def _epoch_loss(sums: torch.Tensor, steps: int, epoch: int) -> float:
+    """The epoch's mean training loss over its finite steps; DivergedError past the non-finite threshold.
+
+    ``sums``: (loss over finite steps, correct, images, images in finite steps, non-finite steps), already
+    summed over ranks; ``steps``: the steps of all ranks."""
+    bad, finite_images = sums[4].item(), sums[3].item()
+    if bad > MAX_NONFINITE_FRACTION * steps or finite_images == 0:
+        raise DivergedError(epoch, float("nan") if finite_images == 0 else float("inf"))
+    loss = sums[0].item() / finite_images
+    if not math.isfinite(loss):  # finite steps whose sum overflowed
+        raise DivergedError(epoch, loss)
+    return loss
+
+
+def _load_state(state: dict, model, optimizer, scaler, stopper) -> int:
+    """Restore a checkpoint's state; return the epoch to start at.
+
+    The GradScaler's state is loaded only when the checkpoint has one and this run's scaler is on: a checkpoint
+    written in bf16 or fp32 (scaler off, state ``{}``) may resume where ``precision: auto`` resolves to fp16 (another
+    GPU, or CPU -> GPU), and the fresh scaler then starts from its default scale."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    stopper.load(state["early_stop"])
+    return int(state["epoch"]) + 1
+
+
+def _precision_name(dtype: Optional[torch.dtype]) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _rank_world() -> tuple[int, int]:
@@ -180,6 +239,7 @@ def run(
     *,
     device: Optional[torch.device] = None,
     on_batch: Optional[Callable[[int, int, int], None]] = None,
+    compile_backend: Any = "inductor",
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says; return the last epoch's metrics (plus ``best_*``).
 
@@ -190,6 +250,7 @@ def run(
         resume_from: a checkpoint directory written by an earlier call; training continues after its epoch.
         device: where to train; default CUDA (local rank) when present, else CPU.
         on_batch: optional progress hook ``(epoch, batch_index, batches_per_epoch)``.
+        compile_backend: ``torch.compile``'s backend when ``train.compile`` is on (tests use ``aot_eager``).
 
     Raises:
         DivergedError: the training loss became NaN or infinite.
@@ -197,7 +258,7 @@ def run(
     """
     where: dict[str, Any] = {"epoch": 1, "device": device}  # what _run is at, for the message
     try:
-        return _run(cfg, report, resume_from, device, on_batch, where)
+        return _run(cfg, report, resume_from, device, on_batch, where, compile_backend)
     except Exception as exc:  # noqa: BLE001 -- only memory exhaustion is translated, the rest re-raised
         if not _is_out_of_memory(exc):
             raise
@@ -208,12 +269,20 @@ def run(
             f"out of memory in epoch {where['epoch']} at train.batch_size={cfg.train.batch_size} on "
             f"{where['device'] or 'cpu'} ({detail}); lower train.batch_size or pick a smaller model",
             where["epoch"]) from None
+    finally:
+        device_used = where["device"]
+        if device_used is not None and device_used.type == "cuda":
+            # A reused trial actor keeps its caching allocator: hand this run's blocks back to the GPU, which
+            # other trials' processes share.
+            torch.cuda.empty_cache()
 
 
-def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_batch, where: dict) -> dict[str, Any]:
+def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_batch, where: dict,
+         compile_backend: Any = "inductor") -> dict[str, Any]:
     entered = time.time()
     p = cfg.train
     device = where["device"] = device or pick_device()
+    set_determinism(p.deterministic, device)
     if p.threads:
         torch.set_num_threads(p.threads)
     rank, world = _rank_world()
@@ -255,18 +324,17 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
     stopper = _EarlyStop(cfg.metric.mode, p.early_stop_patience)
     start_epoch = 1
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        stopper.load(state["early_stop"])
-        start_epoch = int(state["epoch"]) + 1
+        start_epoch = _load_state(state, model, optimizer, scaler, stopper)
     where["epoch"] = start_epoch
 
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if p.compile:
-        net = torch.compile(net)
+        # A fresh Dynamo cache per run: a reused trial actor would otherwise keep the last trial's compiled
+        # graphs (guarded on that model object) and count its recompiles against this run's limit.
+        torch._dynamo.reset()
+        net = torch.compile(net, backend=compile_backend)
     augment = BatchAugment(p, channels_last=channels_last)
     teacher = recipes.load_teacher(p.distill_from, device, channels_last) if p.distill_weight > 0 else None
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
@@ -286,7 +354,8 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
         shard_digest = _shard_digest(perm, world)
         perm = perm.to(device)
         net.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count: no per-step sync
+        # loss over finite steps, correct, count, count in finite steps, non-finite steps: no per-step sync
+        sums = torch.zeros(5, dtype=torch.float64, device=device)
         for b in range(batches):
             idx = perm[b * local_bs : (b + 1) * local_bs]
             xb, yb = augment(train_x[idx], train_y[idx], aug_gen)
@@ -314,16 +383,21 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
             hard = yb if yb.ndim == 1 else yb.argmax(1)
-            sums[0] += loss.detach().float() * hard.numel()
+            finite = torch.isfinite(loss.detach())
+            sums[0] += torch.where(finite, loss.detach().double(), 0.0) * hard.numel()
             sums[1] += (out.detach().argmax(1) == hard).sum()
             sums[2] += hard.numel()
+            sums[3] += finite * hard.numel()
+            sums[4] += ~finite
             if on_batch is not None:
                 on_batch(epoch, b, batches)
+        if device.type == "cuda":
+            # Kernels run asynchronously: without waiting for them the clock stops while the GPU still works
+            # on the epoch's last steps, and images_per_sec comes out too high. No CPU test can show this.
+            torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
         sums = _all_sum(sums, world)
-        train_loss = sums[0].item() / sums[2].item()
-        if not math.isfinite(train_loss):
-            raise DivergedError(epoch, train_loss)
+        train_loss = _epoch_loss(sums, batches * world, epoch)
         val_loss, val_acc = evaluate(
             net, val_x, val_y, batch_size=p.eval_batch_size, channels_last=channels_last,
             autocast_dtype=amp_dtype, device=device,
@@ -341,6 +415,7 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
             "epoch_seconds": time.perf_counter() - t0,
             "ternary_zero_frac": overall_zero_frac(model) if latent else 0.0,
             "quant_mix": mix,  # 0: this epoch ran at full precision, 1: fully ternary, between: ramping in
+            "nonfinite_steps": int(sums[4].item()),  # left out of train_loss (fp16 overflows GradScaler skipped)
             "world_size": world,
             "torch_threads": torch.get_num_threads(),
             "shard_digest": shard_digest,
@@ -365,12 +440,14 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
                 "scaler": scaler.state_dict(),
+                "precision": _precision_name(amp_dtype),  # what `auto` resolved to where this was written
                 "early_stop": stopper.state(),
                 "epoch": epoch,
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
             }
             save_checkpoint(ckpt_dir, state, {"epoch": epoch, "config": cfg.model_dump(mode="json"),
+                                              "precision": state["precision"],
                                               "metrics": {k: v for k, v in metrics.items() if "/" not in k}})
         if report is not None:
             try:

@@ -130,8 +130,7 @@ def set_quant_mix(model: nn.Module, mix: float) -> None:
     if not 0.0 <= mix <= 1.0 or math.isnan(mix):
         raise ValueError(f"quantization mix must be in [0, 1], got {mix}")
     for _, module in ternary_modules(model):
-        module.quantize = mix > 0.0
-        module.mix = mix
+        module.mix.fill_(mix)  # in place: the buffer compiled code reads (see TernaryConv2d's mix)
 
 
 def check_sources(cfg) -> None:

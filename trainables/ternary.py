@@ -168,18 +168,27 @@ class _TernaryMixin:
             raise ValueError(f"unknown quantizer {quantizer!r} (choose from: {', '.join(sorted(QUANTIZERS))})")
         self.quantizer = QUANTIZERS[quantizer](**(options or {}))
         self.quantizer_name = quantizer
-        # False runs this layer at full precision (progressive quantization switches layers on over time).
+        # False uses the weight as it is: for a model whose weights are already ternary (a packed export). Training
+        # never switches it; progressive quantization moves ``mix`` instead.
         self.quantize = True
-        # With quantize on, forward uses (1 - mix) * W + mix * a*T: 1.0 is plain ternary, less ramps it in.
-        self.mix = 1.0
+        # Forward uses lerp(W, a*T, mix) = (1 - mix) * W + mix * a*T: 1.0 is plain ternary, 0.0 full precision,
+        # between ramps it in. A 0-dim buffer, not a Python float: torch.compile guards on Python attributes
+        # (every new value of a ramp was a recompile, until the limit dropped the model to eager), not on a
+        # tensor's value. Not persistent: state-dict keys stay those of nn.Conv2d / nn.Linear, and the loop
+        # sets the mix every epoch (recipes.set_quant_mix).
+        self.register_buffer("mix", torch.ones((), device=self.weight.device), persistent=False)
 
     def quantized_weight(self) -> torch.Tensor:
-        """Return the weight that forward uses: ``a * T`` when ``quantize`` is set (blended with the latent weight
-        while ``mix`` < 1), else the latent weight."""
+        """Return the weight that forward uses: ``lerp(W, a*T, mix)`` when ``quantize`` is set (``a * T`` at mix 1,
+        the latent weight at mix 0), else the latent weight."""
         if not self.quantize:
             return self.weight
-        q = self.quantizer(self.weight)
-        return q if self.mix >= 1.0 else torch.lerp(self.weight, q, self.mix)
+        # One code path for every mix, the full-precision epochs included: the quantizer always runs, so TTQ's
+        # scales are in the graph and get a gradient (exactly 0 at mix 0) in every step. DDP, built without
+        # find_unused_parameters, otherwise fails on the second step ("Expected to have finished reduction")
+        # while the layer is not yet quantized. lerp is exact at the ends (W at 0, a*T at 1) and its cost is
+        # a pass over the weights, small beside the convolution over a batch of activations.
+        return torch.lerp(self.weight, self.quantizer(self.weight), self.mix)
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
@@ -257,6 +266,7 @@ def _convert(module: nn.Module, quantizer: str, options: Optional[dict] = None) 
         )
     new.weight = module.weight
     new.bias = module.bias
+    new.mix = torch.ones((), device=module.weight.device)  # built on meta with the rest
     new.quantizer.to(module.weight.device)  # a quantizer with parameters (TTQ's scales) follows the weight
     if hasattr(new.quantizer, "init_from"):
         new.quantizer.init_from(new.weight)
