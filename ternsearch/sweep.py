@@ -30,7 +30,8 @@ def best_trial(trials: dict, metric: str, mode: str, objectives: Optional[list] 
     """The trial with the best last-reported metric; completed trials first, then any that reported.
 
     With several ``objectives`` (``[[name, mode], ...]``, the first being ``metric``), ties on the first are broken
-    by the next ones in order, so the choice is never a trial another completed trial beats on every objective."""
+    by the next ones in order, so the choice is never a trial another completed trial beats on every objective;
+    a tie on all of them goes to the earliest trial (its ``number``)."""
     rest = [(n, m) for n, m in (objectives or []) if n != metric]
 
     def signed(value, m):
@@ -40,7 +41,11 @@ def best_trial(trials: dict, metric: str, mode: str, objectives: Optional[list] 
 
     def key(t):
         last = t["last"]
-        return (signed(last.get(metric), mode), *(signed(last.get(n), m) for n, m in rest))
+        # A tie on every objective goes to the earliest trial, as the report ranks them (trials.json is keyed
+        # by trial id, whose order says nothing).
+        number = t.get("number")
+        return (signed(last.get(metric), mode), *(signed(last.get(n), m) for n, m in rest),
+                -number if isinstance(number, int) else float("-inf"))
 
     reported = [t for t in trials.values() if isinstance(t.get("last", {}).get(metric), (int, float))
                 and t["status"] != "failed"]
