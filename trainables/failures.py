@@ -87,9 +87,19 @@ def as_permanent(exc: BaseException) -> Optional[PermanentTrialError]:
     return PermanentTrialError(_one_line(exc), type(exc).__name__)
 
 
+def _wrapped(exc: BaseException) -> list:
+    """What a Ray wrapper of an error holds, the workers' first (Train V2's ``worker_failures``, by rank), then a
+    task error's ``cause``, a ``ControllerError``'s ``controller_failure``, ``_base_exc`` and ``__cause__``.
+    The one list of those attributes for ``find_permanent`` and ``root_cause``."""
+    failures = getattr(exc, "worker_failures", None)
+    held = [failures[k] for k in sorted(failures)] if isinstance(failures, dict) else []
+    held += [getattr(exc, "cause", None), getattr(exc, "controller_failure", None), getattr(exc, "_base_exc", None),
+             exc.__cause__]
+    return [e for e in held if isinstance(e, BaseException)]
+
+
 def find_permanent(exc: BaseException) -> Optional[PermanentTrialError]:
-    """The ``PermanentTrialError`` inside Ray's wrappers of ``exc`` (task errors' ``cause``, Train V2's
-    ``worker_failures`` by rank and ``controller_failure``, ``__cause__``), or None."""
+    """The ``PermanentTrialError`` anywhere inside Ray's wrappers of ``exc`` (any rank's), or None."""
     seen, todo = set(), [exc]
     while todo:
         e = todo.pop(0)
@@ -98,10 +108,7 @@ def find_permanent(exc: BaseException) -> Optional[PermanentTrialError]:
         seen.add(id(e))
         if isinstance(e, PermanentTrialError):
             return e
-        failures = getattr(e, "worker_failures", None)
-        if isinstance(failures, dict):
-            todo += [failures[k] for k in sorted(failures)]
-        todo += [getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__]
+        todo += _wrapped(e)
     return None
 
 
@@ -125,10 +132,8 @@ def root_cause(exc: Optional[BaseException]) -> Optional[BaseException]:
         seen.add(id(exc))
         if not _is_wrapper(exc):
             return exc
-        failures = getattr(exc, "worker_failures", None)
-        exc = (failures[min(failures)] if isinstance(failures, dict) and failures else
-               getattr(exc, "cause", None) or getattr(exc, "controller_failure", None)
-               or getattr(exc, "_base_exc", None) or exc.__cause__)
+        held = _wrapped(exc)
+        exc = held[0] if held else None
     return None
 
 
