@@ -17,7 +17,7 @@ import pytest
 from helpers_report import MIXED, cli, write_hand_results
 from ternsearch.cli import main
 from ternsearch.results.outputs import REGENERABLE, check_output
-from ternsearch.run.preflight import spec_digest
+from ternsearch.results.location import spec_digest
 from ternsearch.results.files import SWEEP
 from ternsearch.spec.sweepfile import load_spec
 

@@ -18,14 +18,19 @@ import pandas as pd
 from trainables.failures import failure_reason
 
 from ternsearch.errors import SpecError
-from ternsearch.spec.sweepfile import Param
+from ternsearch.results.best import finite as _finite
+from ternsearch.results.best import pareto_front
+from ternsearch.results.export import load_results_meta
+from ternsearch.results.files import read_history, read_trials
+from ternsearch.spec.space import ordered
+from ternsearch.spec.sweepfile import Param, load_spec
 
 __all__ = ["Results", "Curve", "load_results", "trial_table", "best_so_far", "optimization_history",
            "learning_curves", "pareto_front", "sparsity_tradeoff", "layer_sparsity", "parallel_dimensions",
-           "trial_label", "PARAM_PREFIX"]
+           "trial_label", "PARAM_PREFIX", "FINISHED"]
 
 PARAM_PREFIX = "params_"  # trial-table columns of searched values, as in Optuna's study.trials_dataframe()
-_FINISHED = ("completed", "stopped")  # trials whose last metric is a real result (failed ones may hold a sentinel)
+FINISHED = ("completed", "stopped")  # trials whose last metric is a real result (failed ones may hold a sentinel)
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,6 @@ class Results:
         return self.meta.get("mode", "max") == "max"
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def infer_param(name: str, seen: Sequence[Any]) -> Param:
     """A Param guessed from the values a parameter took (when spec.yaml is gone, unreadable or changed)."""
     seen = [v for v in seen if v is not None]
@@ -61,11 +62,6 @@ def infer_param(name: str, seen: Sequence[Any]) -> Param:
 
 def load_results(results_dir: str | Path) -> Results:
     """Read a results directory (``ResultsError`` if it is not one)."""
-    from ternsearch.results.export import load_results_meta
-    from ternsearch.results.files import read_history, read_trials
-    from ternsearch.spec.space import ordered
-    from ternsearch.spec.sweepfile import load_spec
-
     path = Path(results_dir)
     meta = load_results_meta(path)
     trials = read_trials(path)
@@ -136,7 +132,7 @@ def trial_table(results: Results) -> pd.DataFrame:
 
 
 def _ranks(table: pd.DataFrame, col: str, maximize: bool) -> pd.Series:
-    ok = table[table["status"].isin(_FINISHED) & table[col].notna()]
+    ok = table[table["status"].isin(FINISHED) & table[col].notna()]
     order = ok.assign(_done=(ok["status"] != "completed").astype(int),
                       _v=-ok[col] if maximize else ok[col]).sort_values(["_done", "_v", "number"], kind="stable")
     ranks = pd.Series(pd.NA, index=table.index, dtype="Int64")
@@ -158,7 +154,7 @@ def optimization_history(table: pd.DataFrame, metric: str, maximize: bool) -> pd
     """Finished trials' final values with the best so far in trial order (``best_by_number``) and in the order
     their results arrived (``best_by_time``, against ``minutes`` since the sweep started)."""
     col = f"final_{metric}"
-    h = table[table["status"].isin(_FINISHED) & table[col].notna()]
+    h = table[table["status"].isin(FINISHED) & table[col].notna()]
     h = h[["number", "trial", "status", col, "ended_after_s"]].rename(columns={col: "value"}).copy()
     h["minutes"] = h["ended_after_s"] / 60.0
     h = h.sort_values("number", kind="stable")
@@ -199,28 +195,12 @@ def learning_curves(results: Results, metric: Optional[str] = None) -> list[Curv
     return curves
 
 
-def pareto_front(points: Sequence[Sequence[float]], maximize: Sequence[bool] = (True, True)) -> list[int]:
-    """Indices (ascending) of the points no other point dominates.
-
-    A point dominates another when it is at least as good in every coordinate and better in one; equal points
-    do not dominate each other, so ties on the front are all kept. Points with a NaN coordinate are ignored.
-    """
-    sign = [1.0 if m else -1.0 for m in maximize]
-    pts = [(i, [s * float(x) for s, x in zip(sign, p)]) for i, p in enumerate(points)
-           if len(p) == len(sign) and all(_finite(float(x)) for x in p)]
-
-    def dominates(a, b):
-        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
-
-    return [i for i, p in pts if not any(dominates(q, p) for j, q in pts if j != i)]
-
-
 def sparsity_tradeoff(table: pd.DataFrame, metric: str, maximize: bool) -> pd.DataFrame:
     """Finished trials' final metric against their final ternary sparsity, ``on_front`` marking the Pareto
     front (better metric, more zeros) of the completed trials. An ASHA-stopped trial's numbers are from an
     earlier epoch than the others': it is shown, never on the front."""
     col = f"final_{metric}"
-    s = table[table["status"].isin(_FINISHED) & table[col].notna() & table["ternary_zero_frac"].notna()]
+    s = table[table["status"].isin(FINISHED) & table[col].notna() & table["ternary_zero_frac"].notna()]
     s = s[["number", "trial", "status", "ternary_zero_frac", col]].rename(columns={col: "value"})
     s = s.reset_index(drop=True)
     done = s[s["status"] == "completed"]
@@ -285,7 +265,7 @@ def parallel_dimensions(results: Results, table: pd.DataFrame) -> dict:
     then the metric.
     Returns ``{"dimensions": [...], "color": [metric...], "trials": [label...]}``."""
     col = f"final_{results.metric}"
-    done = table[table["status"].isin(_FINISHED) & table[col].notna()]
+    done = table[table["status"].isin(FINISHED) & table[col].notna()]
     columns = [(p, [None if pd.isna(v) else v for v in done[PARAM_PREFIX + p.name].tolist()]) for p in results.params]
     # a parameter no finished trial has (its condition never held there) would be an axis of n/a only
     dims = [_axis(p, raw) for p, raw in columns if any(v is not None for v in raw)]

@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 
 import pandas as pd
 
-from ternsearch.report.data import _FINISHED, PARAM_PREFIX, Results, infer_param
+from ternsearch.report.data import FINISHED, PARAM_PREFIX, Results, infer_param
 from ternsearch.spec.sweepfile import Param
 
 __all__ = ["Importance", "importances", "RunLinks", "mlflow_links", "METHODS"]
@@ -66,7 +66,7 @@ def importances(results: Results, table: pd.DataFrame, method: Literal["fanova",
 
     name = METHODS[method]
     col = f"final_{results.metric}"
-    done = table[table["status"].isin(_FINISHED) & table[col].notna()]
+    done = table[table["status"].isin(FINISHED) & table[col].notna()]
     n = len(done)
     if n < 2:
         return Importance(name, {}, n, message=f"needs at least 2 finished trials with {results.metric} "

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from ternsearch.results.export import load_results_meta
 from ternsearch.results.outputs import REGENERABLE, check_output
 from ternsearch.report.data import (PARAM_PREFIX, Results, learning_curves, layer_sparsity, load_results,
                                     optimization_history, parallel_dimensions, sparsity_tradeoff, trial_table)
@@ -40,7 +41,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def _empty(title: str, message: str):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # plotly: only when a figure is drawn
 
     fig = go.Figure()
     fig.add_annotation(text=html.escape(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
@@ -51,8 +52,8 @@ def _empty(title: str, message: str):
 
 # ------------------------------------------------------------------------------------------------------ figures
 def fig_history(results: Results, table: pd.DataFrame):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go  # plotly: only when a figure is drawn
+    from plotly.subplots import make_subplots  # plotly: only when a figure is drawn
 
     metric, h = results.metric, optimization_history(table, results.metric, results.maximize)
     title = f"Optimization history: best {metric} so far ({'max' if results.maximize else 'min'})"
@@ -78,7 +79,7 @@ def fig_history(results: Results, table: pd.DataFrame):
 
 
 def fig_parallel(results: Results, table: pd.DataFrame):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # plotly: only when a figure is drawn
 
     data = parallel_dimensions(results, table)
     title = f"Searched parameters of finished trials, coloured by final {results.metric}"
@@ -92,7 +93,7 @@ def fig_parallel(results: Results, table: pd.DataFrame):
 
 
 def fig_importance(results: Results, table: pd.DataFrame):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # plotly: only when a figure is drawn
 
     imp = importances(results, table)
     title = f"Parameter importance for {results.metric}: {imp.method} (Optuna), {imp.n_trials} finished trials"
@@ -111,7 +112,7 @@ def fig_importance(results: Results, table: pd.DataFrame):
 
 
 def fig_curves(results: Results, table: pd.DataFrame):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # plotly: only when a figure is drawn
 
     metric, curves = results.metric, learning_curves(results)
     title = f"Learning curves: {metric} per epoch (dashed: stopped by ASHA, dotted: failed; x marks the cut)"
@@ -145,7 +146,7 @@ def fig_curves(results: Results, table: pd.DataFrame):
 
 
 def fig_sparsity(results: Results, table: pd.DataFrame):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # plotly: only when a figure is drawn
 
     metric, s = results.metric, sparsity_tradeoff(table, results.metric, results.maximize)
     title = f"Final {metric} vs ternary sparsity (fraction of zero weights); Pareto front of completed trials"
@@ -168,7 +169,7 @@ def fig_sparsity(results: Results, table: pd.DataFrame):
 
 
 def fig_layers(results: Results, table: pd.DataFrame):
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # plotly: only when a figure is drawn
 
     best = table[table["rank"] == 1]
     title = "Per-layer ternary weights of the best trial"
@@ -354,8 +355,6 @@ def write_report(results_dir: str | Path, output: Optional[str | Path] = None) -
 
 
 def report_command(a) -> int:
-    from ternsearch.results.export import load_results_meta
-
     meta = load_results_meta(Path(a.results))
     output = Path(a.output) if a.output else Path("reports") / f"{meta['name']}.html"
     print(write_report(a.results, output))

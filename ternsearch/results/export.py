@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from trainables.config import TrainConfig
 
-from ternsearch.spec.describe import data_line
 from ternsearch.errors import OutputError, ResultsError
-from ternsearch.results.outputs import REGENERABLE, check_output, same_file
+from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.files import SWEEP, read_trials
+from ternsearch.results.location import check_same_spec, records_dir, resolve_storage
+from ternsearch.results.outputs import REGENERABLE, check_output, same_file
+from ternsearch.spec.describe import data_line
+from ternsearch.spec.sweepfile import load_spec
 
 __all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
 
@@ -34,8 +39,6 @@ def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[st
     ``OBJECTIVE[:TOLERANCE]`` the Pareto-front trial best on OBJECTIVE among those within TOLERANCE (default
     0.01) of the front's best value of the first objective, e.g. ``ternary_zero_frac:0.01``: the sparsest
     model within one point of the best accuracy."""
-    from ternsearch.run.sweep import best_trial, pareto_trials
-
     meta = load_results_meta(results_dir)
     trials = read_trials(results_dir)
     if not pick:
@@ -70,8 +73,6 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
     By default the retraining is on the whole training set: the sweep's ``data.subset`` is dropped and its
     validation split goes back into training (``data.val_fraction: 0``). ``keep_split`` keeps both as the
     trial had them."""
-    from trainables.config import TrainConfig
-
     meta, best = chosen_trial(results_dir, pick)
     cfg = TrainConfig.model_validate(meta["base"]).with_overrides(best["config"])
     if epochs is not None:
@@ -89,8 +90,6 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
                      "trial_id": best["trial_id"], "parent_run_id": meta.get("parent_run_id"),
                      "metric_value": float(best["last"][meta["metric"]])}
     return doc
-
-
 
 
 def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = None,
@@ -114,17 +113,11 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
     """The results directory ``export`` reads: ``source`` itself, or the one the sweep of spec file ``source``
     writes. Given a spec (``source`` or ``spec_file``), the results must have been made by that very file."""
     if source.is_file():
-        from ternsearch.run.preflight import resolve_storage
-        from ternsearch.spec.sweepfile import load_spec
-        from ternsearch.run.sweep import records_dir
-
         spec = load_spec(str(source))
         results, spec_file = records_dir(spec.name, resolve_storage(spec, None)), spec_file or source
     else:
         results = source
     if spec_file is not None:
-        from ternsearch.run.preflight import check_same_spec
-
         check_same_spec(results, load_results_meta(results), spec_file,
                         "give the spec that made it, or that spec's own results directory")
     return results
@@ -133,11 +126,10 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
 def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) -> str:
     """The chosen trial's model as a packed 2-bit file (see ``trainables.packed``); a line with the sizes.
     Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.results.outputs``)."""
-    import io
-
+    # torch: only for --packed (export of a train config, like the sweep's best.yaml, runs without it)
     import torch
-    from trainables.loop import model_from_checkpoint
-    from trainables.packed import PackError, save_packed
+    from trainables.loop import model_from_checkpoint  # torch, as above
+    from trainables.packed import PackError, save_packed  # torch, as above
 
     check_output(output, results_dir, REGENERABLE["packed"])
     _, best = chosen_trial(results_dir, pick)
