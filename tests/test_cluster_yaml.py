@@ -103,7 +103,7 @@ def test_cifar10_sweep_file_fits_this_cluster(cfg):
     """search_spaces/cifar10.yaml is the sweep for this cluster: its driver resource is the head's, its
     tracking server is the one the head starts, and a trial fits the cluster at full size."""
     from ternsearch.spec.sweepfile import load_spec
-    from ternsearch.run.sweep import _total, launcher_nodes
+    from ternsearch.run.cluster import launcher_nodes, total_resources
     from ternsearch.run.tuner import make_plan
 
     spec = load_spec(REPO / "search_spaces" / "cifar10.yaml")
@@ -117,7 +117,7 @@ def test_cifar10_sweep_file_fits_this_cluster(cfg):
     # on the head, ~/ray_bootstrap_config.yaml is this file as `ray up` filled it in.
     nodes = launcher_nodes(str(REPO / "cluster.yaml"))
     assert nodes is not None
-    cluster = _total(nodes)
+    cluster = total_resources(nodes)
     assert cluster["GPU"] == sum(t["resources"].get("GPU", 0) * min(t.get("max_workers", 0), cfg["max_workers"])
                                  for t in cfg["available_node_types"].values())
     plan = make_plan(spec, cluster, nodes)

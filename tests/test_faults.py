@@ -289,9 +289,9 @@ resources: {{workers_per_trial: 2, cpus_per_worker: 1}}
 storage: {{path: {tmp_path / 'results'}}}
 tracking: {{enabled: false}}
 """)
-    from ternsearch.run.sweep import _cluster
+    from ternsearch.run.cluster import start_cluster
 
-    _cluster(None)  # Ray started here, as the sweep would start it, outlives the sweep (which stops only its own)
+    start_cluster(None)  # Ray started here, as the sweep would start it, outlives the sweep (which stops only its own)
     try:
         summary = run_sweep(load_spec(path), quiet=True)
         assert ray.is_initialized()

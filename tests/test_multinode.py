@@ -256,11 +256,11 @@ WORKER = {"CPU": 1.0, "worker_node": 1.0, "memory": 1e9}
 
 
 def _plan(tmp_path, nodes, **over):
-    from ternsearch.run.sweep import _total
+    from ternsearch.run.cluster import total_resources
     from ternsearch.run.tuner import make_plan
 
     spec = load_spec(write_spec(tmp_path / "plan.yaml", "plan", tmp_path, "http://127.0.0.1:5000", **over))
-    return spec, make_plan(spec, _total(nodes), nodes)
+    return spec, make_plan(spec, total_resources(nodes), nodes)
 
 
 def test_concurrency_counts_trials_node_by_node(tmp_path):
@@ -283,22 +283,22 @@ def test_concurrency_counts_trials_node_by_node(tmp_path):
 
 
 def test_a_trial_that_fits_no_single_node_is_refused(tmp_path):
-    from ternsearch.run.sweep import _check_one_node
+    from ternsearch.run.preflight import check_one_node
 
     gpu_worker = {"CPU": 8.0, "GPU": 1.0}
     spec, plan = _plan(tmp_path, [(HEAD, 1), (gpu_worker, 2)],
                        resources={"use_gpu": True, "driver_resources": {"head_node": 0.01}})
     assert plan.fits == 0
     with pytest.raises(PreflightError, match=r"resources: .*no node of the cluster at X.*drop driver_resources"):
-        _check_one_node(spec, plan, "the cluster at X")
+        check_one_node(spec, plan, "the cluster at X")
     spec, plan = _plan(tmp_path, [(HEAD, 1), (gpu_worker, 2)],
                        resources={"use_gpu": True, "workers_per_trial": 2, "driver_resources": {"head_node": 0.01}})
     assert plan.fits == 1
-    _check_one_node(spec, plan, "the cluster at X")
+    check_one_node(spec, plan, "the cluster at X")
 
 
 def test_launcher_config_counts_the_nodes_the_autoscaler_may_add(tmp_path):
-    from ternsearch.run.sweep import launcher_nodes
+    from ternsearch.run.cluster import launcher_nodes
 
     cfg = tmp_path / "bootstrap.yaml"
     cfg.write_text(yaml.safe_dump({

@@ -24,8 +24,8 @@ SOURCES = sorted([*(REPO / "ternsearch").glob("*.py"), *(REPO / "trainables").gl
 _LOCAL_RAY = r"""
 import json, os, sys
 import ray
-from ternsearch.run.sweep import _cluster
-_cluster(None)
+from ternsearch.run.cluster import start_cluster
+start_cluster(None)
 ctx = ray.get_runtime_context()
 print(json.dumps({"gcs": ctx.gcs_address, "dashboard": ray.worker.get_dashboard_url(),
                   "auth": os.environ.get("RAY_AUTH_MODE")}), flush=True)

@@ -1,5 +1,5 @@
 """What keeps a sweep's start short: spec loading and the checks before Ray starts import neither torch nor
-Ray Tune, MLflow or Optuna (the sweep imports them on a thread while ``ray.init`` waits; see ternsearch.run.sweep)."""
+Ray Tune, MLflow or Optuna (the sweep imports them on a thread while ``ray.init`` waits: ternsearch.run.startup)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ CHECKS = """\
 import json, sys
 from pathlib import Path
 from ternsearch.tracking.store import check_reachable, default_tracking_uri
-from ternsearch.run.preflight import check_environment, resolve_storage
+from ternsearch.run.preflight import check_environment
+from ternsearch.results.location import resolve_storage
 from ternsearch.spec.sweepfile import load_spec
-from ternsearch.run.sweep import _check_results
+from ternsearch.run.sweep import check_results
 spec = load_spec(sys.argv[1])
 storage = resolve_storage(spec, None)
 check_environment(spec, storage, None)
-_check_results(Path(storage) / spec.name, spec.file, False)
+check_results(Path(storage) / spec.name, spec.file, False)
 check_reachable(default_tracking_uri(Path(storage) / spec.name, None))
 print(json.dumps([m for m in ("torch", "ray.tune", "mlflow", "optuna") if m in sys.modules]))
 """
@@ -46,8 +47,9 @@ def test_spec_and_preflight_checks_import_neither_torch_nor_tune(tmp_path, data_
 SHARED = """\
 import json, sys
 import ray
-from ternsearch.run import sweep
-sweep._import_all(sweep._SHARED_WITH_RAY_INIT)
+import ternsearch.run.sweep  # noqa: F401 - its own imports are loaded before the warm-up, as in a sweep
+from ternsearch.run import startup
+startup.import_all(startup.SHARED_WITH_RAY_INIT)
 before = set(sys.modules)
 ray.init(include_dashboard=False, logging_level="ERROR")
 by_init = set(sys.modules) - before
@@ -58,10 +60,11 @@ print(json.dumps(sorted(by_init)))
 WARM = """\
 import json, sys
 import ray
-from ternsearch.run import sweep
-sweep._import_all(sweep._SHARED_WITH_RAY_INIT)
+import ternsearch.run.sweep  # noqa: F401 - its own imports are loaded before the warm-up, as in a sweep
+from ternsearch.run import startup
+startup.import_all(startup.SHARED_WITH_RAY_INIT)
 before = set(sys.modules)
-sweep._warm(sweep._WARM_MODULES)
+startup.warm(startup.WARM_MODULES)
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
@@ -81,8 +84,9 @@ def test_warm_imports_share_no_module_with_ray_init(tmp_path):
 
 LOGGING = """\
 import logging
-from ternsearch.run import sweep
-sweep._warm(sweep._WARM_MODULES)
+import ternsearch.run.sweep  # noqa: F401 - as in a sweep
+from ternsearch.run import startup
+startup.warm(startup.WARM_MODULES)
 assert "mlflow.pytorch" in __import__("sys").modules  # imported through trainables.mlflow_compat
 root = logging.getLogger()
 print(logging.getLevelName(root.level), len(root.handlers), flush=True)

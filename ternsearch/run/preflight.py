@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from ternsearch.errors import PreflightError, ResultsError
+from trainables.datafiles import DataError, check_data
+
+from ternsearch.errors import PreflightError
 from ternsearch.results.outputs import unwritable
 from ternsearch.spec.sweepfile import SweepSpec
 
-__all__ = ["check_environment", "local_resources", "check_fits", "resolve_storage", "spec_digest"]
-
-
-def spec_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def check_same_spec(results_dir: Path, meta: dict, spec_file, hint: str) -> None:
-    """Refuse a results directory (its sweep.json: ``meta``) that another spec file, or another version of this
-    one, made: one line ending in ``hint`` (what to do instead)."""
-    if meta.get("spec_sha256") != spec_digest(spec_file):
-        raise ResultsError(f"{results_dir}: made by another spec ({meta.get('spec_file')}), not by {spec_file} as it "
-                           f"is now; {hint}")
-
-
-def resolve_storage(spec: SweepSpec, override: Optional[str]) -> str:
-    """Absolute local path, or a URI (s3://, gs://...) left as it is."""
-    raw = override or spec.storage.path
-    if "://" in raw:
-        return raw
-    return str(Path(raw).expanduser().resolve())
+__all__ = ["check_environment", "check_inputs", "local_resources", "check_fits", "check_one_node"]
 
 
 def local_resources() -> dict[str, float]:
     """This machine's CPUs and GPUs as Ray would see them, without starting Ray."""
+    # torch takes seconds to import: only for a dry run without --address, or use_gpu: true
     import torch
 
     res = {"CPU": float(os.cpu_count() or 1)}
@@ -44,27 +26,34 @@ def local_resources() -> dict[str, float]:
     return res
 
 
+def check_inputs(cfg, where: Callable[[tuple[str, ...], str], str], data_key: tuple[str, ...] = ("data",)) -> None:
+    """What a trial config ``cfg`` reads before it trains: the data files, and the local weight sources its recipe
+    names (``model.init_from``, ``train.distill_from``). The one place trainables' DataError and RecipeError become
+    a user's PreflightError, whose line ``where(key, detail)`` writes (``data_key`` is the data error's key).
+    """
+    try:
+        check_data(cfg.data)
+    except DataError as exc:
+        raise PreflightError(where(data_key, str(exc))) from None
+    if cfg.model.init_from or cfg.train.distill_from:
+        # trainables.recipes imports torch: only when a weight source is named
+        from trainables.recipes import RecipeError, check_sources
+
+        try:
+            check_sources(cfg)
+        except RecipeError as exc:
+            raise PreflightError(where(tuple(exc.key.split(".")), exc.detail)) from None
+
+
 def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> None:
     """Data present, storage writable, GPUs present when asked for, multi-node constraints.
 
     Raises:
         PreflightError: one line naming the file, the key and what to do.
     """
-    from trainables.datafiles import DataError, check_data
-
     loc = spec.located
-    base = spec.base_config()  # the absolute paths the trials will read
-    try:
-        check_data(base.data)
-    except DataError as exc:
-        raise PreflightError(str(loc.error(("data", "root") if spec.data.root else ("data",), str(exc)))) from None
-    if base.model.init_from or base.train.distill_from:  # trainables.recipes imports torch: only when needed
-        from trainables.recipes import RecipeError, check_sources
-
-        try:
-            check_sources(base)
-        except RecipeError as exc:
-            raise PreflightError(str(loc.error(tuple(exc.key.split(".")), exc.detail))) from None
+    check_inputs(spec.base_config(),  # the absolute paths the trials will read
+                 lambda key, detail: str(loc.error(key, detail)), ("data", "root") if spec.data.root else ("data",))
     why = unwritable(Path(storage)) if "://" not in storage else None
     if why:
         raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable: {why} (use a "
@@ -73,8 +62,6 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
         raise PreflightError(str(loc.error(("resources", "use_gpu"), "true, but this machine has no GPU and no "
                                            "--address was given (use use_gpu: auto or false, or --address of a "
                                            "cluster with GPUs)")))
-
-
 def check_fits(spec: SweepSpec, trial_resources: dict[str, float], cluster: dict[str, float],
                where: str, multi_node: bool = False, storage: Optional[str] = None,
                tracking_uri: Optional[str] = None) -> None:
@@ -99,3 +86,20 @@ def check_fits(spec: SweepSpec, trial_resources: dict[str, float], cluster: dict
             raise PreflightError(str(loc.error(("tracking", "uri"), f"{uri or 'the default SQLite file'} is local, "
                                                "but the cluster has several nodes (run `mlflow server` on the head "
                                                "and use http://HEAD:5000)")))
+
+
+def check_one_node(spec: SweepSpec, plan, where: str) -> None:
+    """Every trial needs each of its bundles on a single node: one that fits no node would wait forever."""
+    if plan.fits > 0:
+        return
+    # ternsearch.run.tuner imports Ray Tune: only for the message of a trial that fits no node
+    from ternsearch.run.tuner import trial_bundles
+
+    need = " + ".join(f"{count} x {{{', '.join(f'{k}: {v:g}' for k, v in b.items())}}}"
+                      for b, count in trial_bundles(spec, plan.mode, plan.use_gpu))
+    hint = ("in function mode (workers_per_trial: 1) the driver is the trainer, so driver_resources must be on a "
+            "node that also has its CPUs/GPUs: drop driver_resources or use trainer: torchtrainer"
+            if plan.mode == "function" and spec.resources.driver_resources else
+            "lower cpus_per_worker / gpus_per_worker, or check driver_resources names a resource a node has")
+    raise PreflightError(str(spec.located.error(
+        ("resources",), f"a trial needs {need}, each on one node, but no node of {where} holds that ({hint})")))
