@@ -7,11 +7,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+from tqdm import tqdm
+from trainables.failures import TrialFailure, cap_memory_from_env
 
 from ternsearch.errors import PreflightError, TernsearchError, TrainingError
-from ternsearch.tracking.store import copy_redacted
+from ternsearch.run.preflight import check_inputs
 from ternsearch.spec.sweepfile import TrainFile
+from ternsearch.tracking.store import copy_redacted
 
 __all__ = ["latest_checkpoint", "train_file"]
 
@@ -23,6 +27,7 @@ def latest_checkpoint(run_dir: Path, warn=print) -> Optional[Path]:
 
     A corrupted or truncated newer checkpoint is skipped with a warning, and the previous one is used.
     """
+    # torch (as with every trainables.checkpoint/.loop/.data import here): off `ternsearch validate`'s path
     from trainables.checkpoint import latest_checkpoint as newest_usable
 
     return newest_usable(run_dir, warn)
@@ -45,32 +50,58 @@ def train_file(
     keep: int = 2,
 ) -> dict[str, Any]:
     """Train the run ``tf`` describes; returns the final metrics (including test accuracy)."""
-    from trainables.data import DataError, check_data
-    from trainables.failures import TrialFailure, cap_memory_from_env
+    cfg = _checked_config(tf, source, epochs)
+    out = _output_dir(tf, resume or output)
+    resume_from = _resume_point(out, cfg.train.epochs) if resume else None
+    (out / CKPT_DIR).mkdir(parents=True, exist_ok=True)
+    if not resume:
+        copy_redacted(source, out / "config.yaml")  # a tracking URI's user:password masked
+    # torch: `ternsearch train` checks its file before importing it
     from trainables.loop import run
 
+    t0 = time.time()
+    final = _train(run, cfg, source, out, resume_from, progress, keep)
+    ckpt, epoch, kind = _evaluated_checkpoint(out, cfg, final)
+    why = (f"by {cfg.metric.name} {final['best_metric']:.4f}" if kind == "best" else
+           "best epoch unusable" if _has_validation(cfg) else "no validation split")
+    print(f"test evaluation on the {kind} epoch ({epoch}, {why}): {ckpt}", file=sys.stderr)
+    final.update(evaluate_test(ckpt), evaluated_checkpoint=str(ckpt), evaluated_epoch=epoch, evaluated_as=kind,
+                 wall_seconds=time.time() - t0, output=str(out))
+    (out / "final_metrics.json").write_text(json.dumps(final, indent=1, sort_keys=True))
+    return final
+
+
+def _checked_config(tf: TrainFile, source: Path, epochs: Optional[int]):
+    """The run's config (``epochs`` overriding train.epochs), its data and weight sources checked."""
     cfg = tf.base_config()
     if epochs is not None:
         cfg = cfg.with_overrides({"epochs": epochs})
-    try:
-        check_data(cfg.data)
-    except DataError as exc:
-        raise PreflightError(f"{source}: data: {exc}") from None
-    from trainables.recipes import RecipeError, check_sources
+    check_inputs(cfg, lambda key, detail: f"{source}: {'.'.join(key)}: {detail}")
+    return cfg
 
-    try:
-        check_sources(cfg)
-    except RecipeError as exc:
-        raise PreflightError(f"{source}: {exc}") from None
-    out = _output_dir(tf, resume or output)
-    ckpts = out / CKPT_DIR
-    resume_from = _resume_point(out, cfg.train.epochs) if resume else None
-    ckpts.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        copy_redacted(source, out / "config.yaml")  # a tracking URI's user:password masked
-    history_path = out / "history.jsonl"
 
+def _train(run, cfg, source: Path, out: Path, resume_from: Optional[Path], progress: bool, keep: int) -> dict:
+    """The training loop (``run``, trainables.loop's), its checkpoints kept in ``out/checkpoints`` and its epochs
+    in ``out/history.jsonl``; returns the final metrics without the per-layer ones (``ternary/<layer>/...``)."""
     bar = _Progress(cfg.train.epochs) if progress else None
+    cap_memory_from_env()  # a test's simulated small machine; off unless set
+    try:
+        final = run(cfg, _reporter(cfg, out, bar, keep), resume_from=resume_from, on_batch=bar.batch if bar else None)
+    except TrialFailure as exc:
+        if bar:
+            bar.close()
+        kept = latest_checkpoint(out)
+        raise TrainingError(f"{source}: training failed: {exc}" + (
+            f" (checkpoints up to {kept.name} are in {out / CKPT_DIR})" if kept else "")) from None
+    if bar:
+        bar.close()
+    return {k: v for k, v in final.items() if "/" not in k}
+
+
+def _reporter(cfg, out: Path, bar: Optional[_Progress], keep: int) -> Callable[[dict, Optional[str]], None]:
+    """The loop's ``report``: each epoch's checkpoint moved to ``out/checkpoints/epoch_NNNN`` (the newest ``keep``
+    and the best one kept), its metrics appended to ``out/history.jsonl`` and shown on the progress bar."""
+    ckpts, history_path = out / CKPT_DIR, out / "history.jsonl"
 
     def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
         if ckpt_dir:
@@ -87,27 +118,7 @@ def train_file(
         if bar:
             bar.epoch_done(metrics)
 
-    cap_memory_from_env()  # a test's simulated small machine; off unless set
-    t0 = time.time()
-    try:
-        final = run(cfg, report, resume_from=resume_from, on_batch=bar.batch if bar else None)
-    except TrialFailure as exc:
-        if bar:
-            bar.close()
-        kept = latest_checkpoint(out)
-        raise TrainingError(f"{source}: training failed: {exc}" + (
-            f" (checkpoints up to {kept.name} are in {ckpts})" if kept else "")) from None
-    if bar:
-        bar.close()
-    final = {k: v for k, v in final.items() if "/" not in k}
-    ckpt, epoch, kind = _evaluated_checkpoint(out, cfg, final)
-    why = (f"by {cfg.metric.name} {final['best_metric']:.4f}" if kind == "best" else
-           "best epoch unusable" if _has_validation(cfg) else "no validation split")
-    print(f"test evaluation on the {kind} epoch ({epoch}, {why}): {ckpt}", file=sys.stderr)
-    final.update(evaluate_test(ckpt), evaluated_checkpoint=str(ckpt), evaluated_epoch=epoch, evaluated_as=kind,
-                 wall_seconds=time.time() - t0, output=str(out))
-    (out / "final_metrics.json").write_text(json.dumps(final, indent=1, sort_keys=True))
-    return final
+    return report
 
 
 def _warn(message: str) -> None:
@@ -116,7 +127,7 @@ def _warn(message: str) -> None:
 
 def _resume_point(out: Path, epochs: int) -> Path:
     """The checkpoint a resumed run continues from; refused when it has already trained ``epochs``."""
-    from trainables.checkpoint import read_manifest
+    from trainables.checkpoint import read_manifest  # torch
 
     resume_from = latest_checkpoint(out, _warn)
     if resume_from is None:
@@ -136,7 +147,7 @@ def _has_validation(cfg) -> bool:
 def _evaluated_checkpoint(out: Path, cfg, final: dict) -> tuple[Path, int, str]:
     """``(checkpoint, epoch, "best" | "last")`` for the test evaluation: the best epoch by ``cfg.metric`` when there
     is a validation split (falling back to the last one if that checkpoint is unusable), else the last epoch."""
-    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
+    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest  # torch
 
     if _has_validation(cfg) and final.get("best_epoch"):
         best = out / CKPT_DIR / f"epoch_{int(final['best_epoch']):04d}"
@@ -155,8 +166,8 @@ def evaluate_test(ckpt: Optional[Path]) -> dict[str, float]:
     """Test-set loss and accuracy of the model in checkpoint ``ckpt`` (read only here, never during search)."""
     if ckpt is None:
         raise TernsearchError("no checkpoint was written; nothing to evaluate")
-    from trainables.loop import evaluate, model_from_checkpoint, pick_device
-    from trainables.data import load_test
+    from trainables.loop import evaluate, model_from_checkpoint, pick_device  # torch
+    from trainables.data import load_test  # torch
 
     device = pick_device()
     model, cfg = model_from_checkpoint(ckpt, device)
@@ -169,8 +180,6 @@ class _Progress:
     """A tqdm bar over the batches of each epoch, with the last epoch's metrics in its postfix."""
 
     def __init__(self, epochs: int):
-        from tqdm import tqdm
-
         self._tqdm, self.epochs, self.bar = tqdm, epochs, None
 
     def batch(self, epoch: int, b: int, n: int) -> None:
