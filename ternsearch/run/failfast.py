@@ -14,6 +14,7 @@ import signal
 from typing import Optional
 
 from ray import tune
+from ray.tune.experiment import Trial
 from trainables.failures import PermanentTrialError, failure_reason, find_permanent
 
 __all__ = ["SetupFailureGuard", "no_retry_for_permanent_errors", "permanent_error"]
@@ -35,8 +36,6 @@ def no_retry_for_permanent_errors() -> None:
     against ``max_failures``, so a trial that ``--resume`` reruns after the cause is fixed has its whole retry
     budget for real crashes.
     """
-    from ray.tune.experiment import Trial
-
     if getattr(Trial.should_recover, "_ternsearch", False):
         return
     handle_error, should_recover = Trial.handle_error, Trial.should_recover

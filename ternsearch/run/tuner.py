@@ -7,15 +7,22 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import optuna
 from ray import tune
+from ray._raylet import PlacementGroupID
+from ray.train._internal import checkpoint_manager
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+from trainables.entry import train_driver_fn
 from trainables.failures import failure_reason
 
 from ternsearch.run.failfast import no_retry_for_permanent_errors
 from ternsearch.spec.space import DefineByRun, make_sampler
 from ternsearch.spec.sweepfile import SweepSpec
 
-__all__ = ["Plan", "ReleaseTrainResources", "make_plan", "trial_bundles", "build_tuner", "restore_tuner", "trial_setup"]
+__all__ = ["Plan", "ReleaseTrainResources", "make_plan", "trial_bundles", "build_tuner", "restore_tuner", "trial_setup",
+           "sweep_storage", "experiment_path"]
 
 
 @dataclass(frozen=True)
@@ -91,13 +98,19 @@ def make_plan(spec: SweepSpec, cluster: dict[str, float],
 TUNE_DIR = "tune"
 
 
+def sweep_storage(storage_path: str, name: str) -> str:
+    """The sweep's directory in its storage, ``STORAGE/NAME`` (a local path or a URI): Tune's storage_path, under
+    which its experiment and the DDP trials' Train runs live."""
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
 def experiment_path(storage_path: str, name: str) -> str:
     """Tune's experiment directory: ``STORAGE/NAME/tune``.
 
     Not ``STORAGE/NAME`` itself: Tune syncs its experiment directory from a driver-side staging copy, and on
     restore that copy would overwrite the sweep's own records (trials.json) with their state at the kill.
     """
-    return f"{storage_path.rstrip('/')}/{name}/{TUNE_DIR}"
+    return f"{sweep_storage(storage_path, name)}/{TUNE_DIR}"
 
 
 def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any]:
@@ -110,7 +123,7 @@ def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any
         "cpus_per_worker": plan.cpus_per_worker,
         "gpus_per_worker": plan.gpus_per_worker,
         # Train runs of DDP trials live beside the Tune experiment, inside the sweep's directory.
-        "storage_path": f"{storage_path.rstrip('/')}/{spec.name}",
+        "storage_path": sweep_storage(storage_path, spec.name),
         "trial_dir_root": f"{experiment_path(storage_path, spec.name)}",
         "max_failures": spec.failure.max_failures,
         "keep_checkpoints": spec.failure.keep_checkpoints,
@@ -128,6 +141,7 @@ def prestart_train_services() -> None:
     start measured ~1.4 s on 2 cores (benchmarks/trial_overhead.py). Train would create the same named actor
     itself; if Ray's internals move, it still does."""
     try:
+        # private Ray API, imported inside the try: if it moves, Train creates the actor itself
         from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
             get_or_create_autoscaling_coordinator)
 
@@ -150,9 +164,6 @@ class ReleaseTrainResources(tune.Callback):
         pg_hex = (trial.last_result or {}).get("placement_group_id")
         if not pg_hex:
             return
-        from ray._raylet import PlacementGroupID
-        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
         pg = PlacementGroup(PlacementGroupID.from_hex(pg_hex))
         if placement_group_table(pg).get("state") not in (None, "REMOVED"):
             remove_placement_group(pg)
@@ -196,8 +207,6 @@ class _Searcher(OptunaSearch):
         if error and failed is not None:
             result, error = failed, False
         if result and not error and not result.get("run_complete", True) and trial_id not in self._completed_trials:
-            import optuna
-
             ot_trial = self._ot_trials[trial_id]
             try:
                 self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
@@ -210,8 +219,6 @@ class _Searcher(OptunaSearch):
     def _rerun_complete(self, trial_id: str, result: Optional[dict], error: bool) -> None:
         """A trial ``--resume`` ran again after it had errored: Optuna recorded it as failed and takes no second
         answer for it, so its configuration and final value go into the study as a new, completed trial."""
-        import optuna
-
         ot_trial = self._ot_trials.get(trial_id)
         names = self.metric if isinstance(self.metric, list) else [self.metric]
         if error or not result or ot_trial is None or any(not isinstance(result.get(n), (int, float)) for n in names):
@@ -229,8 +236,6 @@ class _Searcher(OptunaSearch):
 
 
 def _trainable(spec: SweepSpec, plan: Plan, storage_path: str):
-    from trainables.entry import train_driver_fn
-
     fn = tune.with_parameters(train_driver_fn, setup=trial_setup(spec, plan, storage_path))
     extra = dict(spec.resources.driver_resources)
     if plan.mode == "function":
@@ -245,8 +250,6 @@ def _trainable(spec: SweepSpec, plan: Plan, storage_path: str):
 
 
 def _searcher_and_scheduler(spec: SweepSpec, plan: Plan):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     sampler = make_sampler(spec.searcher.algorithm, spec.params, spec.searcher.seed, spec.searcher.num_samples)
     if spec.multi_objective:  # OptunaSearch takes lists: the study is multi-objective
         metric, mode = [m.name for m in spec.objectives], [m.mode for m in spec.objectives]
@@ -279,8 +282,6 @@ def _tolerate_deleted_checkpoints() -> None:
     few seconds older than the last deletions (ray-project/ray#27790; measured here with ray 2.60: a resumed trial
     failed with "FileNotFoundError: Path not found ... checkpoint_000000"). A checkpoint that is already deleted is
     what deleting it wants, so the sweep driver lets that pass."""
-    from ray.train._internal import checkpoint_manager
-
     original = checkpoint_manager._delete_fs_path
     if getattr(original, "_ternsearch", False):
         return
@@ -313,7 +314,7 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
             reuse_actors=reuse_actors(plan),
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=f"{storage_path.rstrip('/')}/{spec.name}", callbacks=callbacks, verbose=0,
+            name=TUNE_DIR, storage_path=sweep_storage(storage_path, spec.name), callbacks=callbacks, verbose=0,
             stop=stop,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
