@@ -3,37 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ternsearch.errors import TernsearchError
+from ternsearch.results.export import export_command
+from ternsearch.run.sweep import sweep_command
+from ternsearch.run.train import train_file
+from ternsearch.spec.sweepfile import load_spec, load_train_file
+from ternsearch.spec.yamlsrc import load_located
+from ternsearch.tracking.train_runs import log_single_run
+from ternsearch.tracking.ui import ui_command
 
 __all__ = ["main"]
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from ternsearch.run.train import train_file
-    from ternsearch.spec.sweepfile import load_train_file
-
     tf = load_train_file(a.config)
     final = train_file(tf, Path(a.config), output=a.output, resume=a.resume, epochs=a.epochs,
                        progress=not a.quiet)
     if tf.tracking.enabled and (tf.tracking.uri or tf.origin.parent_run_id):
-        from ternsearch.tracking.train_runs import log_single_run  # no Ray: ternsearch train runs without it
-
         final["mlflow_run_id"] = log_single_run(tf, Path(a.config), final, quiet=a.quiet)
     print(json.dumps(final, indent=1, sort_keys=True))
     return 0
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:
-    from ternsearch.spec.sweepfile import load_spec, load_train_file
-    from ternsearch.spec.yamlsrc import load_located
-
     loc = load_located(a.file)
     if "search" in loc.data:
         spec = load_spec(a.file)
@@ -46,26 +47,21 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(a: argparse.Namespace) -> int:
-    from ternsearch.run.sweep import sweep_command
-
     return sweep_command(a)
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from ternsearch.results.export import export_command
-
     return export_command(a)
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
+    # pandas takes ~0.3 s to import: only for `ternsearch report` (every other command, `validate` first, is quick)
     from ternsearch.report.render import report_command
 
     return report_command(a)
 
 
 def _cmd_ui(a: argparse.Namespace) -> int:
-    from ternsearch.tracking.ui import ui_command
-
     return ui_command(a)
 
 
@@ -147,9 +143,6 @@ def run() -> None:
     and no thread other than daemons is left, the exit handlers run (Ray's shutdown, temporary-directory cleanup,
     logging's flush) and the process ends with ``os._exit``. Any live non-daemon thread means a normal exit."""
     code = main()
-    import atexit
-    import threading
-
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's; elsewhere exit normally
