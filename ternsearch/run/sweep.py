@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ternsearch.errors import PreflightError, ResultsError, SweepFailedError
-from ternsearch.tracking.store import copy_redacted, without_credentials
+from ternsearch.tracking.store import copy_redacted, resolve_uri, without_credentials
 from ternsearch.run.preflight import (check_environment, check_fits, check_same_spec, local_resources, resolve_storage,
                                   spec_digest)
 from ternsearch.spec.sweepfile import SweepSpec, load_spec
@@ -297,17 +297,14 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
               tracking_uri: Optional[str] = None, resume: bool = False, dry_run: bool = False,
               quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths)."""
-    from ternsearch.tracking.store import check_reachable, default_tracking_uri
-
     quiet_libraries(verbose)
 
     storage_path = resolve_storage(spec, storage)
     results_dir = records_dir(spec.name, storage_path)
     check_environment(spec, storage_path, address)
     _check_results(results_dir, spec.file, resume)
-    uri = default_tracking_uri(results_dir, tracking_uri or spec.tracking.uri)
-    if spec.tracking.enabled:
-        check_reachable(uri)  # an unreachable server: one line, in seconds, before Ray starts
+    # An unreachable server: one line, in seconds, before Ray starts (the only probe of the sweep).
+    uri = resolve_uri(results_dir, tracking_uri, spec.tracking.uri, probe=spec.tracking.enabled)
     if dry_run and address is None:
         cluster, nodes = local_resources(), None
     else:
@@ -324,7 +321,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     plan = dataclasses.replace(make_plan(spec, cluster, nodes), local=address is None)
     where = "this machine" if address is None else f"the cluster at {address}"
     check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1,
-               storage=storage, tracking_uri=tracking_uri)
+               storage=storage, tracking_uri=uri)
     _check_one_node(spec, plan, where)
     _say(_describe_plan(spec, plan, str(results_dir), without_credentials(uri)))
     if dry_run:
@@ -372,7 +369,7 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_
             metric=spec.metric.name, mode=spec.metric.mode,
             fixed_params=flatten_config(spec.base_config().model_dump(mode="json")), quiet=not verbose,
         )
-        meta["parent_run_id"] = tracker.start()  # an unreachable store fails here, before any trial
+        meta["parent_run_id"] = tracker.start(probe=False)  # probed before Ray; a store down since fails here
         if resume:
             tracker.reconcile()
     meta.update(tracking_uri=without_credentials(uri), experiment=spec.tracking.experiment or spec.name,
