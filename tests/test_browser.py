@@ -128,7 +128,7 @@ def test_mlflow_ui_lists_the_sweep_and_its_trials(sweep, mlflow_ui, browser):
     from mlflow.tracking import MlflowClient
 
     from ternsearch.report.data import load_results
-    from ternsearch.report.importance import mlflow_links
+    from ternsearch.tracking.links import mlflow_links
 
     _, summary, results = sweep
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")

@@ -15,7 +15,8 @@ from helpers_report import MIXED, NAME, PARAMS, cli, hand_results, real_sweep, w
 from ternsearch.report.data import (PARAM_PREFIX, best_so_far, layer_sparsity, learning_curves,
                                     load_results, optimization_history, parallel_dimensions, pareto_front,
                                     sparsity_tradeoff, trial_table)
-from ternsearch.report.importance import importances, mlflow_links
+from ternsearch.report.importance import importances
+from ternsearch.tracking.links import mlflow_links
 from ternsearch.spec.sweepfile import Param
 
 # ---------------------------------------------------------------------------------------------- pure functions

@@ -3,8 +3,8 @@ draws them.
 
 Everything here reads the sweep's own records (``sweep.json``, ``trials.json``, ``history.jsonl`` through
 ``ternsearch.results.recorder``), never Tune's internal files, and is tested on its own (Optuna's visualization
-keeps the same split: an info layer that tests target, then plotly). Parameter importance and MLflow links are in
-``ternsearch.report.importance``.
+keeps the same split: an info layer that tests target, then plotly). Parameter importance is in
+``ternsearch.report.importance``, the trials' MLflow runs in ``ternsearch.tracking.links``.
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
-"""The report's parameter importance (Optuna, from the trial table) and the trials' MLflow runs."""
+"""The report's parameter importance (Optuna, from the trial table); the trials' MLflow runs are found by
+``ternsearch.tracking.links``."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pandas as pd
 
 from ternsearch.report.data import FINISHED, PARAM_PREFIX, Results, infer_param
 from ternsearch.spec.sweepfile import Param
 
-__all__ = ["Importance", "importances", "RunLinks", "mlflow_links", "METHODS"]
+__all__ = ["Importance", "importances", "METHODS"]
 
 METHODS = {"fanova": "fANOVA", "mdi": "mean decrease impurity"}
 
@@ -115,76 +116,3 @@ def importances(results: Results, table: pd.DataFrame, method: Literal["fanova",
     if not total or not math.isfinite(total):
         return Importance(name, {}, n, excluded, f"{name} found no effect of any parameter")
     return Importance(name, {k: float(v) / float(total) for k, v in result.items()}, n, excluded)
-
-
-# ------------------------------------------------------------------------------------------------ MLflow runs
-@dataclass(frozen=True)
-class RunLinks:
-    """The sweep's MLflow runs: ``runs`` maps trial id to run id; ``base`` is the UI's address (the server
-    itself for an http store, ``mlflow ui``'s default address for a SQLite one, which ``command`` starts)."""
-
-    uri: Optional[str] = None
-    experiment_id: Optional[str] = None
-    parent_run_id: Optional[str] = None
-    runs: dict = field(default_factory=dict)
-    base: Optional[str] = None
-    command: Optional[str] = None
-    error: Optional[str] = None
-
-    def url(self, run_id: Optional[str]) -> Optional[str]:
-        if not (self.base and self.experiment_id and run_id):
-            return None
-        return f"{self.base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-
-
-UI_PORT = 5000
-
-
-def _store(results: Results) -> tuple[Optional[str], Optional[str], Optional[str]]:
-    """(uri to query, UI base address, command that opens the UI); a SQLite store moved with its results
-    directory is found there."""
-    from ternsearch.tracking.store import _sqlite_path, _sqlite_uri
-
-    uri = results.meta.get("tracking_uri")
-    if not uri:
-        return None, None, None
-    path = _sqlite_path(uri)
-    if path is not None:
-        if not path.expanduser().is_file() and (results.path / "mlflow.db").is_file():
-            uri = _sqlite_uri((results.path / "mlflow.db").resolve())
-            path = _sqlite_path(uri)
-        if not path.expanduser().is_file():
-            return None, None, None
-        cmd = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}"
-        return uri, f"http://127.0.0.1:{UI_PORT}", cmd
-    if uri.startswith(("http://", "https://")):
-        return uri, uri, None
-    return uri, None, None
-
-
-def mlflow_links(results: Results) -> RunLinks:
-    """Find each trial's child run (tag ``ternsearch.trial_id`` under the sweep's parent run). Never raises:
-    an unreachable or missing store gives a RunLinks without runs and the reason in ``error``."""
-    from ternsearch.tracking.store import TAG, _one_line, _quote, _redact, _search_all, brief_http, check_reachable
-
-    parent = results.meta.get("parent_run_id")
-    uri, base, command = _store(results)
-    if not uri or not parent:
-        return RunLinks(uri=uri, parent_run_id=parent, error="no MLflow store recorded for this sweep")
-    try:
-        check_reachable(uri)  # an http store that is down fails here within seconds
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
-        with brief_http():
-            exp_id = client.get_run(parent).info.experiment_id
-            runs = _search_all(client, exp_id, f"tags.`{TAG['parent']}` = {_quote(parent)}")
-        by_trial = {}
-        for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
-            tid = run.data.tags.get(TAG["trial_id"])
-            if tid:
-                by_trial[tid] = run.info.run_id  # the earliest run of a trial wins, as in tracking
-    except Exception as exc:  # noqa: BLE001 - the report still renders without links
-        return RunLinks(uri=uri, parent_run_id=parent, base=base, command=command,
-                        error=f"{_redact(uri)}: {type(exc).__name__}: {_one_line(exc)}")
-    return RunLinks(uri=uri, experiment_id=exp_id, parent_run_id=parent, runs=by_trial, base=base, command=command)

@@ -17,7 +17,8 @@ from ternsearch.results.export import load_results_meta
 from ternsearch.results.outputs import REGENERABLE, check_output
 from ternsearch.report.data import (PARAM_PREFIX, Results, learning_curves, layer_sparsity, load_results,
                                     optimization_history, parallel_dimensions, sparsity_tradeoff, trial_table)
-from ternsearch.report.importance import RunLinks, importances, mlflow_links
+from ternsearch.report.importance import importances
+from ternsearch.tracking.links import RunLinks, mlflow_links
 
 __all__ = ["write_report", "write_tables", "render_report", "report_command", "FIGURES"]
 

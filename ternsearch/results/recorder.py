@@ -10,77 +10,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from ray import tune
 
-from ternsearch.results.files import HISTORY, TRIALS, read_history, read_trials
-from trainables.failures import WRAPPERS, exception_line, failure_reason, root_cause, without_permanent_prefix
+from ternsearch.results.files import HISTORY, LOST, TRIALS, read_history, read_trials
+from ternsearch.results.trials import LOST_REASON, RECORDED_TUNE_KEYS, TUNE_KEYS, error_text, trial_status
 
-__all__ = ["SweepRecorder", "trial_status", "LOST", "LOST_REASON"]
+__all__ = ["SweepRecorder", "LOST", "LOST_REASON"]
 
-
-_SKIP = {"config", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",
-         "time_since_restore", "iterations_since_restore", "training_iteration", "checkpoint_dir_name",
-         "should_checkpoint", "experiment_tag", "node_ip", "timesteps_total", "episodes_total"}
+_SKIP = TUNE_KEYS - RECORDED_TUNE_KEYS  # a history row keeps the trial's values and where they were produced
 
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
     os.replace(tmp, path)
-
-
-def trial_status(last: dict, errored: bool, error: str = "") -> tuple[str, str]:
-    """(status, reason) of a finished trial from its last result."""
-    failure = failure_reason(last)
-    if failure:
-        return "failed", failure
-    if errored:
-        return "failed", error or "error"
-    if last.get("run_complete"):
-        return "completed", "early stopped (patience)" if last.get("early_stopped") else ""
-    return "stopped", f"stopped by ASHA at epoch {last.get('epoch', 0)}"
-
-
-def error_text(trial) -> str:
-    """The last exception line of a failed trial's error (its error file), one line."""
-    for attr in ("error_msg",):
-        msg = getattr(trial, attr, None)
-        if msg:
-            break
-    else:
-        msg = ""
-        path = getattr(trial, "error_file", None)
-        if path and os.path.exists(path):
-            msg = Path(path).read_text()
-    lines = [ln.strip() for ln in str(msg).splitlines() if ln.strip()]
-    candidates = [ln for ln in lines if "Error" in ln or "diverged" in ln]  # exception lines, not the traceback
-    own = [ln for ln in candidates if not _WRAPPER_LINE.match(ln)]
-    if own:
-        return without_permanent_prefix(own[-1])[:300]
-    # Only Ray's wrappers ("WorkerGroupError: ...", "[Rank 0,1 Error Snippet]:"): Train V2 truncates a long
-    # worker traceback (DDP's) to its head and tail, dropping the exception line; the pickled error keeps it.
-    try:
-        cause = root_cause(trial.get_pickled_error())
-    except Exception:  # noqa: BLE001 - no pickled error (an old trial, a test's stand-in)
-        cause = None
-    if cause is not None:
-        return without_permanent_prefix(exception_line(cause))
-    if candidates:
-        return without_permanent_prefix(candidates[-1])[:300]
-    return lines[-1][:300] if lines else "error"
-
-
-_WRAPPER_LINE = re.compile(r"^(\[Rank [\d,]+ Error Snippet\]:?$|(?:[\w.]+\.)?(?:" + "|".join(WRAPPERS) + r")\b)")
-
-
-LOST = "trials_lost.json"  # trials a killed driver started that Tune's last saved state did not hold
-LOST_REASON = ("lost: the sweep driver was killed before Tune saved this trial in its state; the resumed sweep "
-               "does not continue it (the searcher may propose its configuration again)")
 
 
 class SweepRecorder(tune.Callback):

@@ -8,7 +8,7 @@ import time
 from ray import tune
 
 from ternsearch.run.failfast import permanent_error
-from ternsearch.results.recorder import error_text, trial_status
+from ternsearch.results.trials import error_text, trial_status
 
 __all__ = ["SweepProgress"]
 

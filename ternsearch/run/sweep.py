@@ -24,7 +24,7 @@ from ternsearch.run.preflight import check_environment, check_fits, check_one_no
 from ternsearch.run.startup import quiet_libraries, warm_imports
 from ternsearch.spec.space import ordered
 from ternsearch.spec.sweepfile import SweepSpec, load_spec
-from ternsearch.tracking.store import check_reachable, copy_redacted, default_tracking_uri, without_credentials
+from ternsearch.tracking.store import copy_redacted, resolve_uri, without_credentials
 
 __all__ = ["sweep_command", "run_sweep", "check_results"]
 
@@ -90,9 +90,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     results_dir = records_dir(spec.name, storage_path)
     check_environment(spec, storage_path, address)
     check_results(results_dir, spec.file, resume)
-    uri = default_tracking_uri(results_dir, tracking_uri or spec.tracking.uri)
-    if spec.tracking.enabled:
-        check_reachable(uri)  # an unreachable server: one line, in seconds, before Ray starts
+    # An unreachable server: one line, in seconds, before Ray starts (the only probe of the sweep).
+    uri = resolve_uri(results_dir, tracking_uri, spec.tracking.uri, probe=spec.tracking.enabled)
     if dry_run and address is None:
         cluster, nodes = local_resources(), None
     else:
@@ -111,7 +110,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     plan = dataclasses.replace(make_plan(spec, cluster, nodes), local=address is None)
     where = "this machine" if address is None else f"the cluster at {address}"
     check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1,
-               storage=storage, tracking_uri=tracking_uri)
+               storage=storage, tracking_uri=uri)
     check_one_node(spec, plan, where)
     _say(_describe_plan(spec, plan, str(results_dir), without_credentials(uri)))
     if dry_run:
@@ -172,7 +171,7 @@ def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resu
             metric=spec.metric.name, mode=spec.metric.mode,
             fixed_params=flatten_config(spec.base_config().model_dump(mode="json")), quiet=not verbose,
         )
-        meta["parent_run_id"] = tracker.start()  # an unreachable store fails here, before any trial
+        meta["parent_run_id"] = tracker.start(probe=False)  # probed before Ray; a store down since fails here
         if resume:
             tracker.reconcile()
     meta.update(tracking_uri=without_credentials(uri), experiment=spec.tracking.experiment or spec.name,

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ternsearch.tracking.store import _pip_requirements, _using_tracking_uri, mlflow_console_off
+from trainables.mlflow_compat import import_mlflow_pytorch
 
-__all__ = ["RegisteredModel", "log_registered_model", "log_retrained_model"]
+from ternsearch.tracking.store import (TAG, as_metrics, as_tags, is_number, log_batch, mlflow_console_off,
+                                       pip_requirements, using_tracking_uri)
+
+__all__ = ["RegisteredModel", "log_best_model", "log_registered_model", "log_retrained_model"]
 
 MODEL_INPUT = "float32 NCHW 3x32x32, normalized like trainables.augment.normalize"
 
@@ -38,17 +41,17 @@ def log_registered_model(client, uri: str, experiment_id: str, run_id: str, mode
     """Log the torch ``model`` on run ``run_id`` (a ``LoggedModel`` named "model" in ``experiment_id``, tagged
     ``tags``) and register it as a new version of ``registered_name``; ``quiet``: without MLflow's own console
     lines (see ``mlflow_console_off``)."""
+    # numpy (torch and mlflow come with mlflow.pytorch): only when a model is logged, not when the tracker or
+    # train_runs import this module
     import numpy as np
-
-    from trainables.mlflow_compat import import_mlflow_pytorch
 
     mlflow_pytorch = import_mlflow_pytorch()
     example = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, tags=tags)
-    with _using_tracking_uri(uri), mlflow_console_off(quiet):
+    with using_tracking_uri(uri), mlflow_console_off(quiet):
         info = mlflow_pytorch.log_model(
             model, name="model", input_example=example, serialization_format="pickle",
-            pip_requirements=_pip_requirements(), registered_model_name=registered_name, run_id=run_id,
+            pip_requirements=pip_requirements(), registered_model_name=registered_name, run_id=run_id,
             model_id=logged.model_id, metadata={**metadata, "input": MODEL_INPUT},
         )
     version = getattr(info, "registered_model_version", None)
@@ -56,12 +59,46 @@ def log_registered_model(client, uri: str, experiment_id: str, run_id: str, mode
     return RegisteredModel(registered_name, str(version) if version else None, model_uri, logged.model_id)
 
 
+def log_best_model(client, uri: str, experiment_id: str, parent_run_id: str, child_run_id: Optional[str], *,
+                   trial_id: str, checkpoint_dir: str, best_config_yaml: str, metric: str, registered_name: str,
+                   quiet: bool = False) -> str:
+    """The model of a sweep's best trial (from its checkpoint) and its config (``best/best.yaml``) on the sweep's
+    parent run, the model registered as a new version of ``registered_name``; the parent run gets the best value
+    of ``metric`` and the tags naming the trial, its run ``child_run_id`` (if found) is tagged ``ternsearch.best``.
+    Returns the model's URI (``models:/<name>/<version>``)."""
+    # torch: only once the best model is logged, at the end of a sweep
+    from trainables.checkpoint import read_manifest
+    from trainables.loop import model_from_checkpoint  # torch, as above
+
+    model, cfg = model_from_checkpoint(checkpoint_dir)
+    manifest = read_manifest(checkpoint_dir)
+    model_uri = log_registered_model(
+        client, uri, experiment_id, parent_run_id, model, registered_name=registered_name,
+        tags={"ternsearch.trial_id": trial_id}, quiet=quiet,
+        metadata={"ternsearch_trial_id": trial_id, "arch": cfg.model.arch, "quantizer": cfg.model.quantizer},
+    ).uri
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "best.yaml"
+        path.write_text(best_config_yaml)
+        client.log_artifact(parent_run_id, str(path), "best")
+    value = (manifest.get("metrics") or {}).get(metric)
+    if value is None and child_run_id:
+        value = client.get_run(child_run_id).data.metrics.get(metric)
+    tags = {TAG["best_trial_id"]: trial_id, "ternsearch.model_uri": model_uri, "ternsearch.best_run_id": child_run_id}
+    metrics = {f"best_{metric}": value} if is_number(value) else {}
+    log_batch(client, parent_run_id, metrics=as_metrics(metrics, int(manifest.get("epoch") or 0)),
+              tags=as_tags(tags))
+    if child_run_id:
+        client.set_tag(child_run_id, "ternsearch.best", "true")
+    return model_uri
+
+
 def retrain_checkpoint(final: dict, output: Path) -> Optional[Path]:
     """The checkpoint a finished ``ternsearch train`` run's test evaluation used (``evaluated_checkpoint``), else
     the run directory's latest usable one; None when there is none."""
     if final.get("evaluated_checkpoint"):
         return Path(final["evaluated_checkpoint"])
-    from trainables.checkpoint import latest_checkpoint
+    from trainables.checkpoint import latest_checkpoint  # torch: only once a retrained model is logged
 
     return latest_checkpoint(output)
 
@@ -76,7 +113,7 @@ def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, f
     ckpt = retrain_checkpoint(final, output)
     if ckpt is None:
         return None
-    from trainables.loop import model_from_checkpoint
+    from trainables.loop import model_from_checkpoint  # torch: only once a retrained model is logged
 
     model, cfg = model_from_checkpoint(ckpt)
     origin = tf.origin
@@ -99,7 +136,7 @@ def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, f
 
 def _log_packed(client, run_id: str, model, cfg, name: str) -> str:
     """Log the packed 2-bit model as ``packed/<name>.tern``; what happened, for the run's tag."""
-    from trainables.packed import PackError, save_packed
+    from trainables.packed import PackError, save_packed  # torch: only once a model is packed
 
     if cfg.model.quantizer == "none":
         return "not packed: full precision (model.quantizer: none)"

@@ -1,6 +1,8 @@
-"""MLflow plumbing shared by the sweep tracker (``ternsearch.tracking.tracker``) and ``ternsearch train``:
-tracking URIs, redaction of credentials, MLflow entities within the store's limits, bounded HTTP waits, telling an
-outage from a rejected write (``ternsearch train`` runs are recorded by ``ternsearch.tracking.train_runs``)."""
+"""MLflow plumbing shared by the sweep tracker (``ternsearch.tracking.tracker``), ``ternsearch train`` runs
+(``ternsearch.tracking.train_runs``), models (``model``), run links (``links``) and ``ternsearch ui``: tracking
+URIs (``resolve_uri``, once per command), redaction of credentials, MLflow entities within the store's limits,
+bounded HTTP waits, telling an outage from a rejected write. mlflow itself is imported only where an MLflow object
+is made: the sweep's checks before Ray starts import this module."""
 
 from __future__ import annotations
 
@@ -17,9 +19,15 @@ from typing import Any, Iterator, Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 from urllib.request import pathname2url
 
+import requests
+
 from ternsearch.errors import TrackingError
 
-__all__ = ["TAG", "check_reachable", "default_tracking_uri", "flatten_config"]
+__all__ = ["TAG", "as_metrics", "as_params", "as_tags", "brief_http", "check_reachable", "common_tags",
+           "configure_http_env", "copy_redacted", "default_tracking_uri", "ensure_sqlite_dir", "flatten_config",
+           "get_or_create_experiment", "is_number", "is_transient", "log_batch", "mlflow_console_off", "now_ms",
+           "one_line", "outage_reason", "pip_requirements", "quoted", "redact", "resolve_uri", "search_all",
+           "sqlite_path", "sqlite_uri", "using_tracking_uri", "without_credentials"]
 
 # Tag keys (one place, so readers such as the report agree with the writer).
 TAG = {
@@ -35,15 +43,6 @@ TAG = {
     "sweep_parent": "ternsearch.sweep_parent_run_id",
 }
 
-# Keys Tune adds to every result (bookkeeping), never logged as metrics. ``done`` is Tune's too: it is forced to
-# True when a scheduler stops a trial, so it cannot tell "ran all epochs" from "stopped by ASHA".
-_TUNE_KEYS = frozenset({
-    "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore",
-    "timesteps_since_restore", "timesteps_total", "episodes_total", "timestamp", "pid", "hostname", "node_ip",
-    "config", "trial_id", "date", "done", "experiment_tag", "experiment_id", "checkpoint_dir_name",
-    "should_checkpoint", "__duplicate__", "warmup_time",
-})
-_NODE_TAGS = ("node_ip", "hostname", "node_id")
 _SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
                "DATABRICKS_TOKEN", "AWS_SECRET_ACCESS_KEY")
 # Bounded waits for an HTTP store (MLflow's defaults retry 7 times with backoff factor 2: minutes).
@@ -84,21 +83,35 @@ def default_tracking_uri(results_dir: Path, configured: Optional[str]) -> str:
     the recorded URI still works from another directory (``export``, ``train``)."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or ""
     if not uri:
-        return _sqlite_uri(Path(results_dir).expanduser().resolve() / "mlflow.db")
-    path = _sqlite_path(uri)
+        return sqlite_uri(Path(results_dir).expanduser().resolve() / "mlflow.db")
+    path = sqlite_path(uri)
     if path is not None and not path.is_absolute():
-        return _sqlite_uri(path.expanduser().resolve())
+        return sqlite_uri(path.expanduser().resolve())
     if "://" not in uri and not uri.startswith(("databricks", "file:/")):  # a file store: ./mlruns or file:mlruns
         return Path(uri[len("file:"):] if uri.startswith("file:") else uri).expanduser().resolve().as_uri()
     return uri
 
 
-def _sqlite_uri(path: Path) -> str:
+def resolve_uri(results_dir: Path, *given: Optional[str], probe: bool = False) -> str:
+    """The tracking URI of a sweep or a ``ternsearch train`` run, resolved once on its way from the YAML to MLflow:
+    the first of ``given`` that is set (``--tracking-uri``, then ``tracking.uri``), else the default of
+    ``default_tracking_uri``. With ``probe``, an http(s) store must answer within seconds.
+
+    Raises:
+        TrackingError: with ``probe``, nothing answers at the URI (one line naming it, see ``check_reachable``).
+    """
+    uri = default_tracking_uri(results_dir, next((g for g in given if g), None))
+    if probe:
+        check_reachable(uri)
+    return uri
+
+
+def sqlite_uri(path: Path) -> str:
     # Like mlflow.utils.file_utils.path_to_local_sqlite_uri: an absolute POSIX path gives sqlite:////abs/file.db
     return "sqlite:///" + pathname2url(str(path))
 
 
-def _sqlite_path(uri: str) -> Optional[Path]:
+def sqlite_path(uri: str) -> Optional[Path]:
     """The database file of a ``sqlite:///`` URI (relative or absolute), else None."""
     if not uri.startswith("sqlite:///"):
         return None
@@ -113,10 +126,10 @@ def without_credentials(uri: str) -> str:
 
 def copy_redacted(src, dst) -> None:
     """Copy a spec or train file into a results or run directory with its credentials masked."""
-    Path(dst).write_text(_redact(Path(src).read_text()))
+    Path(dst).write_text(redact(Path(src).read_text()))
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
     """``text`` without credentials: user:password in URLs and the values of secret environment variables."""
     text = re.sub(r"(://)[^/@\s]+@", r"\1***@", str(text))
     for var in _SECRET_ENV:
@@ -126,27 +139,24 @@ def _redact(text: str) -> str:
     return text
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (its type's name without one), redacted, at most ``limit`` long."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[0] if lines else type(exc).__name__
-    return _redact(text)[:limit]
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
+    return redact(text)[:limit]
 
 
 def _metric_key(key: str) -> str:
     return _BAD_KEY_CHARS.sub("_", key)[:_MAX_KEY]
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """Whether ``v`` can be an MLflow metric value."""
     return isinstance(v, (int, float)) and not isinstance(v, str)
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
+    """Now, in MLflow's unit (milliseconds since the epoch)."""
     return int(time.time() * 1000)
 
 
@@ -171,7 +181,8 @@ def _git_commit() -> Optional[str]:
     return commit if proc.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
-def _common_tags() -> dict[str, str]:
+def common_tags() -> dict[str, str]:
+    """Tags every run of ours gets: package versions and the git commit, what reproduces it."""
     tags = {f"ternsearch.version.{k}": v for k, v in _package_versions().items()}
     commit = _git_commit()
     if commit:
@@ -179,11 +190,13 @@ def _common_tags() -> dict[str, str]:
     return tags
 
 
-def _quote(value: str) -> str:
+def quoted(value: str) -> str:
+    """``value`` quoted for an MLflow search filter."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _configure_http_env() -> None:
+def configure_http_env() -> None:
+    """Bounded HTTP retries and timeout for MLflow's client (a user's own settings win); no URL on stdout."""
     for key, value in _HTTP_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     # With a server, MLflow prints "View run ... at: URL" to stdout whenever a run ends (and fetches the run to
@@ -193,8 +206,6 @@ def _configure_http_env() -> None:
 
 def _probe_http(uri: str) -> None:
     """Fail fast (a few seconds) when nothing answers at an http(s) tracking URI."""
-    import requests
-
     parts = urlsplit(uri)
     base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/health", "", ""))
     try:
@@ -204,14 +215,14 @@ def _probe_http(uri: str) -> None:
         return  # something answers; MLflow's own client applies the TLS settings
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         reason = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "connection failed"
-        raise TrackingError(f"MLflow tracking store {_redact(uri)} is unreachable ({reason} within "
+        raise TrackingError(f"MLflow tracking store {redact(uri)} is unreachable ({reason} within "
                             f"{_PROBE_TIMEOUT_S:.0f} s): start the server or fix tracking.uri") from None
 
 
 def check_reachable(uri: str) -> None:
     """Raise ``TrackingError`` (one line naming the URI) when nothing answers at an http(s) tracking URI within
     a few seconds. Other URIs (SQLite, file) are not checked here."""
-    _configure_http_env()
+    configure_http_env()
     if uri.startswith(("http://", "https://")):
         _probe_http(uri)
 
@@ -250,12 +261,13 @@ def outage_reason(exc: BaseException) -> str:
         return found[-1].strip()
     if "timed out" in text.lower() or "timeout" in text.lower():
         return "timed out"
-    return f"{type(exc).__name__}: {_one_line(exc, 160)}"
+    return f"{type(exc).__name__}: {one_line(exc, 160)}"
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a failed MLflow call is worth retrying: the store is down, overloaded or timed out, as opposed to
     a write it rejects (bad value, missing run...), which would fail again."""
+    # mlflow takes ~1 s to import: only when writing (the sweep's checks before Ray import this module)
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):
@@ -268,8 +280,9 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, TimeoutError)) or bool(names & {"OperationalError", "DisconnectionError"})
 
 
-def _ensure_sqlite_dir(uri: str) -> None:
-    path = _sqlite_path(uri)
+def ensure_sqlite_dir(uri: str) -> None:
+    """Create the folder of a SQLite store's database file (MLflow does not)."""
+    path = sqlite_path(uri)
     if path is not None:
         path.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
 
@@ -277,14 +290,15 @@ def _ensure_sqlite_dir(uri: str) -> None:
 def _artifact_location(uri: str, experiment: str) -> Optional[str]:
     """Beside the database for a SQLite store (MLflow's default, ./mlruns, depends on the current directory);
     the server's choice otherwise."""
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None:
         return None
     safe = re.sub(r"[^\w.\-]", "_", experiment) or "experiment"
     return (path.expanduser().resolve().parent / "mlartifacts" / safe).as_uri()
 
 
-def _get_or_create_experiment(client, uri: str, name: str) -> str:
+def get_or_create_experiment(client, uri: str, name: str) -> str:
+    """The id of the experiment ``name``: created (artifacts beside a SQLite store), or restored if deleted."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
@@ -293,7 +307,8 @@ def _get_or_create_experiment(client, uri: str, name: str) -> str:
     return exp.experiment_id
 
 
-def _search_all(client, experiment_id: str, filter_string: str) -> list:
+def search_all(client, experiment_id: str, filter_string: str) -> list:
+    """Every run of ``experiment_id`` matching ``filter_string``, all pages."""
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
@@ -304,7 +319,7 @@ def _search_all(client, experiment_id: str, filter_string: str) -> list:
             return runs
 
 
-def _log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
+def log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
     """One ``log_batch`` call when within MLflow's batch limits, else as few as needed."""
     metrics, params, tags = list(metrics), list(params), list(tags)
     while metrics or params or tags:  # limits: 1000 metrics, 100 params, 100 tags, 1000 entities in all
@@ -317,29 +332,35 @@ def _log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
         client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
-def _params(values: dict[str, Any]):
+def as_params(values: dict[str, Any]):
+    """MLflow params, keys and values cut to the store's limits; None values left out."""
+    # mlflow takes ~1 s to import: only when writing (the sweep's checks before Ray import this module)
     from mlflow.entities import Param
 
     return [Param(k[:_MAX_KEY], str(v)[:_MAX_PARAM_VAL]) for k, v in values.items() if v is not None]
 
 
-def _tags(values: dict[str, Any]):
+def as_tags(values: dict[str, Any]):
+    """MLflow tags, keys and values cut to the store's limits; None values left out."""
+    # mlflow takes ~1 s to import: only when writing (the sweep's checks before Ray import this module)
     from mlflow.entities import RunTag
 
     return [RunTag(k[:_MAX_KEY], str(v)[:_MAX_TAG_VAL]) for k, v in values.items() if v is not None]
 
 
-def _metrics(values: dict[str, Any], step: int, ts: Optional[int] = None, model_id: Optional[str] = None):
+def as_metrics(values: dict[str, Any], step: int, ts: Optional[int] = None, model_id: Optional[str] = None):
     """MLflow metrics at ``step``; with ``model_id`` they are that logged model's metrics too."""
+    # mlflow takes ~1 s to import: only when writing (the sweep's checks before Ray import this module)
     from mlflow.entities import Metric
 
-    ts = ts or _now_ms()
+    ts = ts or now_ms()
     return [Metric(_metric_key(k), float(v), ts, int(step), model_id=model_id) for k, v in values.items()]
 
 
 @contextlib.contextmanager
-def _using_tracking_uri(uri: str) -> Iterator[None]:
+def using_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API (``mlflow.pytorch.log_model``, registry) at ``uri`` for a moment."""
+    # mlflow takes ~1 s to import: only when writing (the sweep's checks before Ray import this module)
     import mlflow
     from mlflow.tracking._tracking_service import utils as tracking_utils  # to restore the previous value
 
@@ -366,7 +387,8 @@ def mlflow_console_off(off: bool = True) -> Iterator[None]:
         yield
 
 
-def _pip_requirements() -> list[str]:
+def pip_requirements() -> list[str]:
+    """What a logged model needs installed: torch and torchvision at this process's versions."""
     reqs = []
     for pkg in ("torch", "torchvision"):
         try:

@@ -12,7 +12,7 @@ restarted or resumed trial finds its run by tag instead of duplicating it, and n
   ``failed: <reason>``, ``interrupted (resumed)`` or ``killed: sweep ended while trial was running``.
 
 Outages. An unreachable store at ``start()`` is a ``TrackingError`` (one line naming the URI, within seconds;
-``check_reachable`` is the same check for callers that want it before starting Ray). During the sweep every
+the sweep makes that check before starting Ray, ``resolve_uri(..., probe=True)``). During the sweep every
 write goes through an in-order queue (``ternsearch.tracking.writequeue``): a write the store cannot take now (server
 down, overloaded, timing out) stays queued with its original timestamps and is retried at later callbacks (at
 most one failed attempt per callback, each bounded to a few seconds, spaced out while the store stays down), so
@@ -31,23 +31,21 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from ray.tune import Callback
 
-from trainables.failures import WRAPPERS, exception_line, failure_reason, root_cause, without_permanent_prefix
-
 from ternsearch.errors import TrackingError
-from ternsearch.tracking.store import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
-                                  _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
-                                  _quote, _redact, _search_all, _tags, check_reachable, copy_redacted,
-                                  default_tracking_uri, flatten_config, without_credentials)
-from ternsearch.results.recorder import LOST_REASON
-from ternsearch.tracking.writequeue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
+from ternsearch.results.trials import LOST_REASON, TUNE_KEYS, error_text, trial_status
+from ternsearch.tracking.model import log_best_model
+from ternsearch.tracking.store import (TAG, as_metrics, as_params, as_tags, check_reachable, common_tags,
+                                       configure_http_env, copy_redacted, default_tracking_uri, ensure_sqlite_dir,
+                                       flatten_config, get_or_create_experiment, is_number, log_batch, one_line,
+                                       quoted, redact, search_all, without_credentials)
 from ternsearch.tracking.train_runs import log_single_run
+from ternsearch.tracking.writequeue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
 
 __all__ = ["MLflowTracker", "TAG", "UNWRITTEN_FILE", "check_reachable", "default_tracking_uri", "describe_unwritten",
            "error_reason", "flatten_config", "log_single_run"]
@@ -55,7 +53,7 @@ __all__ = ["MLflowTracker", "TAG", "UNWRITTEN_FILE", "check_reachable", "default
 log = logging.getLogger("ternsearch.tracking")
 
 _FINAL_FLUSH_S = 30.0  # close(): how long to keep trying to write what is still queued
-_EXC_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|Failure)): ?(.*)$")
+_NODE_TAGS = ("node_ip", "hostname", "node_id")  # where a trial ran: tags of its run, not metrics
 
 
 # ------------------------------------------------------------------------------------------------ the callback
@@ -116,6 +114,7 @@ class MLflowTracker(WriteQueue, Callback):
 
     def _client(self):
         if self._client_obj is None:
+            # mlflow takes ~1 s to import: the tracker is made (and pickled by Tune) before it talks to the store
             from mlflow.tracking import MlflowClient
 
             self._client_obj = MlflowClient(tracking_uri=self.uri)
@@ -126,24 +125,28 @@ class MLflowTracker(WriteQueue, Callback):
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - MLflow raises MlflowException, requests/SQLAlchemy errors...
-            self._warn(f"{what} failed: {type(exc).__name__}: {_one_line(exc)}")
+            self._warn(f"{what} failed: {type(exc).__name__}: {one_line(exc)}")
             return None
 
     # -------------------------------------------------------------------------------------------- sweep level
-    def start(self) -> str:
-        """Find (by ``ternsearch.sweep_id``) or create the sweep's parent run; returns its id.
+    def start(self, probe: bool = True) -> str:
+        """Find (by ``ternsearch.sweep_id``) or create the sweep's parent run; returns its id. ``probe``: first
+        check that an http(s) store answers (``check_reachable``); False where the caller has just done so.
 
         Raises:
             TrackingError: the store cannot be reached or used (one line, naming the URI).
         """
-        check_reachable(self.uri)
+        if probe:
+            check_reachable(self.uri)
+        else:
+            configure_http_env()
         try:
-            _ensure_sqlite_dir(self.uri)
+            ensure_sqlite_dir(self.uri)
             client = self._client()
-            self.experiment_id = _get_or_create_experiment(client, self.uri, self.experiment)
-            found = _search_all(client, self.experiment_id,
-                                f"tags.`{TAG['sweep_id']}` = {_quote(self.sweep_id)} and "
-                                f"tags.`{TAG['role']}` = 'sweep'")
+            self.experiment_id = get_or_create_experiment(client, self.uri, self.experiment)
+            found = search_all(client, self.experiment_id,
+                               f"tags.`{TAG['sweep_id']}` = {quoted(self.sweep_id)} and "
+                               f"tags.`{TAG['role']}` = 'sweep'")
             if found:
                 run = sorted(found, key=lambda r: r.info.start_time or 0)[0]
                 self.parent_run_id = run.info.run_id
@@ -154,18 +157,18 @@ class MLflowTracker(WriteQueue, Callback):
         except TrackingError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise TrackingError(f"MLflow tracking store {_redact(self.uri)}: cannot use it "
-                                f"({type(exc).__name__}: {_one_line(exc)})") from None
+            raise TrackingError(f"MLflow tracking store {redact(self.uri)}: cannot use it "
+                                f"({type(exc).__name__}: {one_line(exc)})") from None
         self._closed = False
         return self.parent_run_id
 
     def _create_parent(self, client) -> str:
         tags = {TAG["sweep_id"]: self.sweep_id, TAG["role"]: "sweep", TAG["results_dir"]: self.results_dir,
                 "ternsearch.sweep_name": self.sweep_name, "ternsearch.spec_file": self.spec_file,
-                "ternsearch.metric": self.metric, "ternsearch.mode": self.mode, **_common_tags()}
+                "ternsearch.metric": self.metric, "ternsearch.mode": self.mode, **common_tags()}
         run = client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
         run_id = run.info.run_id
-        _log_batch(client, run_id, params=_params(self.fixed_params))
+        log_batch(client, run_id, params=as_params(self.fixed_params))
         if Path(self.spec_file).is_file():  # with any credentials in it (a tracking URI's user:password) masked
             with tempfile.TemporaryDirectory(prefix="ternsearch-spec-") as tmp:
                 copy = Path(tmp) / Path(self.spec_file).name
@@ -179,10 +182,10 @@ class MLflowTracker(WriteQueue, Callback):
         return self.parent_run_id  # type: ignore[return-value]
 
     def _children(self, status: Optional[str] = None) -> list:
-        flt = f"tags.`{TAG['parent']}` = {_quote(self._require_parent())}"
+        flt = f"tags.`{TAG['parent']}` = {quoted(self._require_parent())}"
         if status:
-            flt += f" and attributes.status = {_quote(status)}"
-        return _search_all(self._client(), self.experiment_id, flt)
+            flt += f" and attributes.status = {quoted(status)}"
+        return search_all(self._client(), self.experiment_id, flt)
 
     def reconcile(self) -> int:
         """Before a resumed sweep restarts trials: mark child runs left RUNNING by a killed driver as KILLED
@@ -191,7 +194,7 @@ class MLflowTracker(WriteQueue, Callback):
             client = self._client()
             runs = self._children("RUNNING")
             for run in runs:
-                _log_batch(client, run.info.run_id, tags=_tags({TAG["status"]: "interrupted (resumed)"}))
+                log_batch(client, run.info.run_id, tags=as_tags({TAG["status"]: "interrupted (resumed)"}))
                 client.set_terminated(run.info.run_id, "KILLED")
             return len(runs)
 
@@ -211,7 +214,7 @@ class MLflowTracker(WriteQueue, Callback):
             for run in self._children():
                 tid = run.data.tags.get(TAG["trial_id"])
                 if tid and tid not in known and run.data.tags.get(TAG["role"]) == "trial":
-                    _log_batch(client, run.info.run_id, tags=_tags({
+                    log_batch(client, run.info.run_id, tags=as_tags({
                         TAG["role"]: "lost-trial", TAG["status"]: LOST_REASON}))
 
         self._guard("marking lost trials", _do)
@@ -242,9 +245,9 @@ class MLflowTracker(WriteQueue, Callback):
         return " ".join(parts)[:200]
 
     def _find_child(self, trial_id: str):
-        runs = _search_all(self._client(), self.experiment_id,
-                           f"tags.`{TAG['trial_id']}` = {_quote(trial_id)} and "
-                           f"tags.`{TAG['parent']}` = {_quote(self._require_parent())}")
+        runs = search_all(self._client(), self.experiment_id,
+                          f"tags.`{TAG['trial_id']}` = {quoted(trial_id)} and "
+                          f"tags.`{TAG['parent']}` = {quoted(self._require_parent())}")
         return sorted(runs, key=lambda r: r.info.start_time or 0)[0] if runs else None
 
     def _open_ops(self, trial) -> list[dict]:
@@ -305,8 +308,8 @@ class MLflowTracker(WriteQueue, Callback):
             self._submit(*ops)
             return
         values = {k: v for k, v in result.items()
-                  if k not in _TUNE_KEYS and _is_number(v) and v is not None}
-        ops.append(self._op("log", tid, epoch=epoch, metrics=_metrics(values, epoch), tags=tags))
+                  if k not in TUNE_KEYS and is_number(v) and v is not None}
+        ops.append(self._op("log", tid, epoch=epoch, metrics=as_metrics(values, epoch), tags=tags))
         self._last_epoch[tid] = epoch
         self._restart_noted[tid] = False
         self._last[tid] = {k: result.get(k)
@@ -324,22 +327,18 @@ class MLflowTracker(WriteQueue, Callback):
                 return int(value)
         return None
 
-    def _completion_status(self, trial) -> str:
+    def _end_status(self, trial, errored: bool) -> tuple[str, str]:
+        """(run status, ``ternsearch.status``) of a finished trial, by the rule of the sweep's records
+        (``trial_status``): a failure it reported ends it FAILED even when ASHA stopped it on that report."""
         last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
-        epoch = last.get("epoch")
-        if epoch is None:
-            return "completed" if last.get("done") else "stopped before its first epoch"
-        if last.get("run_complete") is not None:  # the loop's own flag, when it reports one
-            complete = bool(last["run_complete"])
-        elif last.get("early_stopped"):
-            complete = True
-        else:
-            planned = self._planned_epochs(trial)
-            # Tune sets done=True on the result a scheduler stops, so the epoch count decides when known.
-            complete = int(epoch) >= planned if planned is not None else bool(last.get("done"))
-        return "completed" if complete else f"stopped by ASHA at epoch {int(epoch)}"
+        status, reason = trial_status(last, errored, error_reason(trial) if errored else "",
+                                      planned_epochs=self._planned_epochs(trial))
+        if status == "failed":
+            return "FAILED", f"failed: {reason}"
+        return "FINISHED", reason if status == "stopped" else status
 
-    def _end_trial(self, trial, run_status: str, status_tag: str) -> None:
+    def _end_trial(self, trial, errored: bool) -> None:
+        run_status, status_tag = self._end_status(trial, errored)
         ops = self._open_ops(trial)
         ops.append(self._op("end", trial.trial_id, status=run_status, tags={TAG["status"]: status_tag}))
         self._submit(*ops)
@@ -347,17 +346,10 @@ class MLflowTracker(WriteQueue, Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if trial.trial_id not in self._opened and not trial.has_reported_at_least_once:
             return  # a trial removed before it ever ran
-        last = self._last.get(trial.trial_id) or dict(trial.last_result or {})
-        failure = failure_reason(last)
-        if failure:  # ASHA may stop a trial on its failure report (divergence, out of memory) before it raises
-            status = ("FAILED", f"failed: {failure}")
-        else:
-            status = ("FINISHED", self._completion_status(trial))
-        self._guard(f"ending the run of trial {trial.trial_id}", lambda: self._end_trial(trial, *status))
+        self._guard(f"ending the run of trial {trial.trial_id}", self._end_trial, trial, False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._guard(f"ending the run of trial {trial.trial_id}",
-                    lambda: self._end_trial(trial, "FAILED", f"failed: {error_reason(trial)}"))
+        self._guard(f"ending the run of trial {trial.trial_id}", self._end_trial, trial, True)
 
     # -------------------------------------------------------------------------------------------- best model
     def log_best(self, trial_id: str, checkpoint_dir: str, best_config_yaml: str) -> str:
@@ -365,48 +357,31 @@ class MLflowTracker(WriteQueue, Callback):
         under the sweep's name, and return its URI (``models:/<sweep>/<version>``). Writes still queued are
         written first (waiting up to ~30 s for the store to come back); if they cannot be, ``TrackingError``."""
         if not self._drain(_final_wait_s()):
-            raise TrackingError(f"MLflow tracking store {_redact(self.uri)} is unreachable: the best model was not "
+            raise TrackingError(f"MLflow tracking store {redact(self.uri)} is unreachable: the best model was not "
                                 f"logged ({len(self._queue)} writes still buffered)")
         try:
             return self._log_best(trial_id, checkpoint_dir, best_config_yaml)
         except TrackingError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise TrackingError(f"MLflow tracking store {_redact(self.uri)}: logging the best model failed "
-                                f"({type(exc).__name__}: {_one_line(exc)})") from None
+            raise TrackingError(f"MLflow tracking store {redact(self.uri)}: logging the best model failed "
+                                f"({type(exc).__name__}: {one_line(exc)})") from None
 
     def _log_best(self, trial_id: str, checkpoint_dir: str, best_config_yaml: str) -> str:
-        from trainables.checkpoint import read_manifest
-        from trainables.loop import model_from_checkpoint
-
-        from ternsearch.tracking.model import log_registered_model
-
         parent = self._require_parent()
-        client = self._client()
-        model, cfg = model_from_checkpoint(checkpoint_dir)
-        manifest = read_manifest(checkpoint_dir)
-        uri = log_registered_model(
-            client, self.uri, self.experiment_id, parent, model, registered_name=self.sweep_name,
-            tags={"ternsearch.trial_id": trial_id}, quiet=self.quiet,
-            metadata={"ternsearch_trial_id": trial_id, "arch": cfg.model.arch, "quantizer": cfg.model.quantizer},
-        ).uri
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "best.yaml"
-            path.write_text(best_config_yaml)
-            client.log_artifact(parent, str(path), "best")
-        value = (manifest.get("metrics") or {}).get(self.metric)
         child_id = self._runs.get(trial_id)
         if child_id is None:
             child = self._find_child(trial_id)
             child_id = child.info.run_id if child else None
-        if value is None and child_id:
-            value = client.get_run(child_id).data.metrics.get(self.metric)
-        tags = {TAG["best_trial_id"]: trial_id, "ternsearch.model_uri": uri, "ternsearch.best_run_id": child_id}
-        metrics = {f"best_{self.metric}": value} if _is_number(value) else {}
-        _log_batch(client, parent, metrics=_metrics(metrics, int(manifest.get("epoch") or 0)), tags=_tags(tags))
-        if child_id:
-            client.set_tag(child_id, "ternsearch.best", "true")
-        return uri
+        return log_best_model(self._client(), self.uri, self.experiment_id, parent, child_id, trial_id=trial_id,
+                              checkpoint_dir=checkpoint_dir, best_config_yaml=best_config_yaml, metric=self.metric,
+                              registered_name=self.sweep_name, quiet=self.quiet)
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
 
 
 def _final_wait_s() -> float:
@@ -419,43 +394,5 @@ def _final_wait_s() -> float:
 
 # ------------------------------------------------------------------------------------------------ trial errors
 def error_reason(trial) -> str:
-    """One line saying why a trial failed, e.g. ``DivergedError: diverged at epoch 2 (train_loss=nan)``.
-
-    Ray 2.60 keeps the error on the trial as files in the trial directory: ``trial.error_file`` (text, one
-    ``Failure # N`` section per failure) and ``trial.pickled_error_file`` (the ``RayTaskError``; its ``cause``
-    is the trainable's exception).
-    """
-    text = ""
-    try:
-        path = trial.error_file
-        if path and os.path.exists(path):
-            text = Path(path).read_text(errors="replace").split("Failure # ")[-1]
-    except Exception:  # noqa: BLE001
-        text = ""
-    reason = _exception_line(text, own_only=True)
-    if reason:
-        return reason
-    # Only Ray's wrappers in the text (Train V2 truncates a long worker traceback, DDP's included, to its head
-    # and tail, dropping the exception line): the pickled error keeps the workers' exceptions whole.
-    try:
-        exc = root_cause(trial.get_pickled_error())
-    except Exception:  # noqa: BLE001
-        exc = None
-    if exc is not None:
-        return _redact(without_permanent_prefix(exception_line(exc)))
-    reason = _exception_line(text)
-    if reason:
-        return reason
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return _redact(lines[-1])[:300] if lines else "unknown error"
-
-
-def _exception_line(text: str, own_only: bool = False) -> str:
-    """The last ``SomeError: message`` line of a traceback text, preferring the trainable's own exception
-    over Ray's wrappers of it (with ``own_only``, only the trainable's own)."""
-    found = [m for m in map(_EXC_LINE.match, text.splitlines()) if m]
-    own = [m for m in found if m.group(1) not in WRAPPERS]
-    if not own and (own_only or not found):
-        return ""
-    m = (own or found)[-1]
-    return _redact(without_permanent_prefix(f"{m.group(1)}: {m.group(2).strip()}").rstrip(": "))[:300]
+    """One line saying why a trial failed (``ternsearch.results.trials.error_text``), credentials masked."""
+    return redact(error_text(trial, limit=None))[:300]

@@ -4,15 +4,15 @@ runs without it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ternsearch.spec.describe import data_line
 from ternsearch.errors import TrackingError
-from ternsearch.tracking.store import (TAG, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _get_or_create_experiment,
-                                  _is_number, _log_batch, _metrics, _one_line, _params, _redact, check_reachable,
-                                  default_tracking_uri, flatten_config)
+from ternsearch.results.files import read_epochs
+from ternsearch.results.trials import TUNE_KEYS
+from ternsearch.spec.describe import data_line
 from ternsearch.tracking.model import log_retrained_model
+from ternsearch.tracking.store import (TAG, as_metrics, as_params, common_tags, ensure_sqlite_dir, flatten_config,
+                                       get_or_create_experiment, is_number, log_batch, one_line, redact, resolve_uri)
 
 __all__ = ["log_single_run"]
 
@@ -29,59 +29,46 @@ def log_single_run(tf, source: Path, final: dict, quiet: bool = False) -> str:
         TrackingError: the store cannot be reached or used.
     """
     output = Path(final.get("output") or ".")
-    uri = default_tracking_uri(Path(tf.origin.results) if tf.origin.results else output, tf.tracking.uri)
     experiment = tf.tracking.experiment or tf.name
-    check_reachable(uri)
+    uri = resolve_uri(Path(tf.origin.results) if tf.origin.results else output, tf.tracking.uri, probe=True)
     try:
         return _log_single_run(tf, Path(source), final, output, uri, experiment, quiet)
     except TrackingError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise TrackingError(f"MLflow tracking store {_redact(uri)}: logging the run failed "
-                            f"({type(exc).__name__}: {_one_line(exc)})") from None
-
-
-def _read_history(path: Path) -> dict[int, dict]:
-    """Epoch -> metrics, the last line kept per epoch (a resumed run repeats the epochs after its checkpoint)."""
-    rows: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if "epoch" in row:
-                    rows[int(row["epoch"])] = row
-    return rows
+        raise TrackingError(f"MLflow tracking store {redact(uri)}: logging the run failed "
+                            f"({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, experiment: str, quiet: bool) -> str:
     from mlflow.tracking import MlflowClient  # ~1 s: only when a run is recorded
 
-    _ensure_sqlite_dir(uri)
+    ensure_sqlite_dir(uri)
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = _get_or_create_experiment(client, uri, experiment)
+    experiment_id = get_or_create_experiment(client, uri, experiment)
     origin = tf.origin
     tags = {TAG["role"]: "train", "ternsearch.output": str(output.resolve()), "ternsearch.config_file":
             str(source.resolve()), TAG["sweep_parent"]: origin.parent_run_id, "ternsearch.origin.sweep": origin.sweep,
             "ternsearch.origin.results": origin.results, "ternsearch.origin.trial_id": origin.trial_id,
             "ternsearch.origin.metric_value": origin.metric_value, "ternsearch.data": data_line(tf.data.model_dump()),
-            "ternsearch.eval_on": "train" if tf.data.val_fraction == 0 else "val", **_common_tags()}
+            "ternsearch.eval_on": "train" if tf.data.val_fraction == 0 else "val", **common_tags()}
     run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items() if v is not None},
                             run_name=f"{tf.name} retrain" if origin.parent_run_id else tf.name)
     run_id = run.info.run_id
     status = "FAILED"
     try:
-        _log_batch(client, run_id, params=_params(flatten_config(tf.base_config().model_dump(mode="json"))))
-        history = _read_history(output / "history.jsonl")
+        log_batch(client, run_id, params=as_params(flatten_config(tf.base_config().model_dump(mode="json"))))
+        history = read_epochs(output)
         for epoch, row in sorted(history.items()):
-            values = {k: v for k, v in row.items() if k not in _TUNE_KEYS and _is_number(v)}
-            _log_batch(client, run_id, metrics=_metrics(values, epoch))
+            values = {k: v for k, v in row.items() if k not in TUNE_KEYS and is_number(v)}
+            log_batch(client, run_id, metrics=as_metrics(values, epoch))
         last_epoch = max(history) if history else int(final.get("epoch") or 0)
         logged = set(history.get(last_epoch, {}))
         finals = {k: v for k, v in final.items()
-                  if _is_number(v) and k not in _TUNE_KEYS and (k not in logged or k.startswith("test_"))}
+                  if is_number(v) and k not in TUNE_KEYS and (k not in logged or k.startswith("test_"))}
         registered = log_retrained_model(client, uri, experiment_id, run_id, tf, final, output, quiet)
         tests = {k: finals.pop(k) for k in list(finals) if k.startswith("test_")}
-        _log_batch(client, run_id, metrics=_metrics(finals, last_epoch) + _metrics(
+        log_batch(client, run_id, metrics=as_metrics(finals, last_epoch) + as_metrics(
             tests, last_epoch, model_id=registered.model_id if registered else None))
         if registered:
             client.set_tag(run_id, "ternsearch.model_uri", registered.uri)

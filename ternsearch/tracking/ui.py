@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ternsearch.errors import ResultsError
 from ternsearch.results.export import load_results_meta
-from ternsearch.tracking.store import _redact, _sqlite_path
+from ternsearch.tracking.store import redact, sqlite_path
 
 __all__ = ["ui_command", "server_argv"]
 
@@ -39,9 +39,9 @@ def ui_command(a) -> int:
     meta = load_results_meta(results)
     uri = meta.get("tracking_uri") or ""
     experiment = meta.get("experiment", meta.get("name"))
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None:
-        print(f"{results}: sweep '{meta.get('name')}' tracked to {_redact(uri) or 'no store'}: open that server's UI "
+        print(f"{results}: sweep '{meta.get('name')}' tracked to {redact(uri) or 'no store'}: open that server's UI "
               f"(experiment '{experiment}')")
         return 0
     if not db.is_absolute():  # relative to where the sweep ran, which sweep.json does not say: try beside it

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ternsearch.tracking.store import (TAG, _log_batch, _now_ms, _one_line, _params, _redact, _tags, brief_http,
-                                  is_transient, outage_reason)
+from ternsearch.tracking.store import (TAG, as_params, as_tags, brief_http, is_transient, log_batch, now_ms,
+                                       one_line, outage_reason, redact)
 
 __all__ = ["UNWRITTEN_FILE", "WriteQueue", "describe_unwritten"]
 
@@ -61,13 +61,13 @@ class WriteQueue:
         self.unwritten: list[dict] = []  # set by close(): one entry per run with writes that never reached the store
 
     def _warn(self, what: str) -> None:
-        msg = f"MLflow tracking ({_redact(self.uri)}): {what}"
+        msg = f"MLflow tracking ({redact(self.uri)}): {what}"
         self.failures.append(msg)
         log.warning("%s (the sweep continues; its results directory keeps every result)", msg)
 
     @staticmethod
     def _op(kind: str, key: Optional[str], **data) -> dict:
-        return {"kind": kind, "key": key, "ts": _now_ms(), **data}
+        return {"kind": kind, "key": key, "ts": now_ms(), **data}
 
     def _submit(self, *ops: dict) -> None:
         self._queue.extend(ops)
@@ -104,7 +104,7 @@ class WriteQueue:
                 self._queue.pop(0)
         if self._down_since is not None:
             log.warning("MLflow tracking (%s): store reachable again after %.0f s; %d buffered writes written",
-                        _redact(self.uri), time.monotonic() - self._down_since, written)
+                        redact(self.uri), time.monotonic() - self._down_since, written)
             self._down_since = None
         return True
 
@@ -117,7 +117,7 @@ class WriteQueue:
                        f"({len(self._queue)} pending)")
 
     def _reject(self, op: dict, exc: BaseException) -> None:
-        reason = f"{type(exc).__name__}: {_one_line(exc, 200)}"
+        reason = f"{type(exc).__name__}: {one_line(exc, 200)}"
         self._rejected.append((op, reason))
         if not isinstance(exc, _NoRun):  # the run's own failed creation was already reported
             who = f"trial {op['key']}" if op["key"] else "the sweep"
@@ -131,7 +131,7 @@ class WriteQueue:
             return
         if kind == "close":
             for run in self._children("RUNNING"):
-                _log_batch(client, run.info.run_id, tags=_tags({TAG["status"]: _KILLED_STATUS}))
+                log_batch(client, run.info.run_id, tags=as_tags({TAG["status"]: _KILLED_STATUS}))
                 client.set_terminated(run.info.run_id, "KILLED", end_time=op["ts"])
             client.set_terminated(self.parent_run_id, op["status"], end_time=op["ts"])
             return
@@ -146,7 +146,7 @@ class WriteQueue:
             metrics = []  # the found run already has this epoch: keep its first value
         if kind == "reopen":
             client.update_run(run_id, status="RUNNING")
-        _log_batch(client, run_id, metrics=metrics, tags=_tags(tags))
+        log_batch(client, run_id, metrics=metrics, tags=as_tags(tags))
         if kind == "end":
             client.set_terminated(run_id, op["status"], end_time=op["ts"])
 
@@ -162,7 +162,7 @@ class WriteQueue:
                 self._runs[tid] = run_id
             else:
                 run_id = self._adopt(tid, run)
-        _log_batch(client, run_id, params=_params(op["params"]))
+        log_batch(client, run_id, params=as_params(op["params"]))
 
     def _adopt(self, tid: str, run) -> str:
         """Take over a trial's run found in the store: one a killed driver left (a resumed sweep), or one whose
@@ -211,7 +211,7 @@ class WriteQueue:
         for entry in self.unwritten:
             entry["epochs"] = sorted(set(entry["epochs"]))
             entry["epochs_maybe_written"] = sorted(set(entry["epochs_maybe_written"]))
-            msg = f"MLflow tracking ({_redact(self.uri)}): not written: {describe_unwritten(entry)}"
+            msg = f"MLflow tracking ({redact(self.uri)}): not written: {describe_unwritten(entry)}"
             self.failures.append(msg)
             log.warning("%s", msg)
         if self.unwritten:
