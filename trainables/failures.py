@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from trainables.errors import TrainablesError
+
 __all__ = ["DivergedError", "OutOfMemoryError", "PermanentTrialError", "TrialFailure", "as_permanent",
            "exception_line", "failure_reason", "find_permanent", "root_cause", "without_permanent_prefix"]
 
 
-class TrialFailure(RuntimeError):
+class TrialFailure(TrainablesError, RuntimeError):
     """A failure that would happen again if the run were retried from its checkpoint: a sweep reports it as the
     trial's end (failed, with this reason) instead of retrying."""
 
@@ -40,7 +42,7 @@ class OutOfMemoryError(TrialFailure):
         return (OutOfMemoryError, (self.reason, self.epoch))
 
 
-class PermanentTrialError(RuntimeError):
+class PermanentTrialError(TrainablesError, RuntimeError):
     """A trial failed in a way a retry cannot fix (data missing or corrupt, a config it cannot build, an import
     error, a weight source that does not exist, or a ``TrialFailure``): the sweep ends the trial at once instead
     of retrying it (``ternsearch.failfast``). Retries are for crashes and lost workers, which never raise here.

@@ -32,6 +32,7 @@ from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import TrainConfig
 from trainables.continuation import restore_schedule
 from trainables.data import make_split
+from trainables.errors import BatchSizeError
 from trainables.failures import DivergedError, OutOfMemoryError
 from trainables.models import build_model
 from trainables.ternary import latent_weight_params, overall_zero_frac, ternary_stats
@@ -287,7 +288,7 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
         torch.set_num_threads(p.threads)
     rank, world = _rank_world()
     if p.batch_size % world:
-        raise ValueError(f"batch_size {p.batch_size} is not divisible by {world} workers")
+        raise BatchSizeError(f"batch_size {p.batch_size} is not divisible by {world} workers")
     local_bs = p.batch_size // world
 
     split = make_split(cfg.data)
@@ -297,7 +298,7 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
     shard = train_x.shape[0] // world
     batches = shard // local_bs
     if batches < 1:
-        raise ValueError(f"{shard} training images per worker are fewer than one batch of {local_bs}")
+        raise BatchSizeError(f"{shard} training images per worker are fewer than one batch of {local_bs}")
 
     torch.manual_seed(p.seed)  # model init is identical on every rank (DDP also broadcasts it)
     model = build_model(cfg.model)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrainConfig
+from trainables.errors import TrainablesError
 from trainables.models import build_model
 from trainables.ternary import ternary_modules
 
@@ -27,7 +28,7 @@ __all__ = ["FORMAT", "PackError", "load_packed", "pack_model", "save_packed", "u
 FORMAT = "ternsearch-packed-v1"
 
 
-class PackError(ValueError):
+class PackError(TrainablesError, ValueError):
     """A model that is not ternary where it should be, or a file that is not a packed model."""
 
 

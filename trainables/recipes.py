@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.checkpoint import RUN_CHECKPOINTS, CheckpointError, latest_checkpoint, load_checkpoint
+from trainables.errors import TrainablesError
 from trainables.ternary import ternary_modules
 
 __all__ = ["RecipeError", "distill_loss", "load_teacher", "quant_mix", "set_quant_mix", "warm_start"]
 
 
-class RecipeError(ValueError):
+class RecipeError(TrainablesError, ValueError):
     """A weight source that cannot be read, or that does not fit the model. ``key`` names the config key that
     gave the source (``model.init_from``, ``train.distill_from``) when the check knows it."""
 
