@@ -163,10 +163,10 @@ class _InfOnce(torch.nn.Module):
 def test_one_overflow_step_is_skipped_not_divergence(data_root, monkeypatch):
     """Item 11: GradScaler skips the step whose loss is not finite; the epoch's loss leaves it out and the run
     goes on. Past MAX_NONFINITE_FRACTION of the steps it is divergence (test_loop's test_divergence_raises)."""
-    from trainables import models
+    from trainables import registry
 
     # Registered for this test only: the registry tests (tests/test_models.py) check the built-in names.
-    monkeypatch.setitem(models._REGISTRY, "inf_once", _InfOnce)
+    monkeypatch.setitem(registry._REGISTRY, "inf_once", _InfOnce)
     out = run(_cfg({"arch": "inf_once"}, epochs=1, precision="fp16"), None)  # 5 steps: 1 is 20%
     assert out["nonfinite_steps"] == 1 and math.isfinite(out["train_loss"])
 
