@@ -35,6 +35,7 @@ from trainables.data import make_split
 from trainables.errors import BatchSizeError
 from trainables.failures import DivergedError, OutOfMemoryError
 from trainables.models import build_model
+from trainables.restore import model_from_checkpoint  # noqa: F401 -- until ternsearch imports it from there
 from trainables.ternary import latent_weight_params, overall_zero_frac, ternary_stats
 
 __all__ = ["MAX_NONFINITE_FRACTION", "DivergedError", "OutOfMemoryError", "Report", "evaluate",
@@ -460,13 +461,3 @@ def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_bat
             break
     return metrics
 
-
-def model_from_checkpoint(path: str | Path, device: Optional[torch.device] = None) -> tuple[nn.Module, TrainConfig]:
-    """Rebuild the model a checkpoint holds (its config travels in the manifest), in eval mode."""
-    device = device or torch.device("cpu")
-    state, manifest = load_checkpoint(path, map_location=device)
-    cfg = TrainConfig.model_validate(manifest["config"])
-    model = build_model(cfg.model).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg

@@ -19,6 +19,8 @@ from torch import nn
 
 from trainables.checkpoint import RUN_CHECKPOINTS, CheckpointError, latest_checkpoint, load_checkpoint
 from trainables.errors import TrainablesError
+from trainables.mlflow_compat import import_mlflow_pytorch
+from trainables.restore import model_from_checkpoint
 from trainables.ternary import ternary_modules
 
 __all__ = ["RecipeError", "distill_loss", "load_teacher", "quant_mix", "set_quant_mix", "warm_start"]
@@ -52,11 +54,7 @@ def _checkpoint_dir(source: str) -> Path:
 
 def _load_module(source: str) -> nn.Module:
     if _is_mlflow_uri(source):
-        from trainables.mlflow_compat import import_mlflow_pytorch
-
         return import_mlflow_pytorch().load_model(source, map_location="cpu")
-    from trainables.loop import model_from_checkpoint
-
     try:
         model, _ = model_from_checkpoint(_checkpoint_dir(source))
     except CheckpointError as exc:
