@@ -90,7 +90,7 @@ def test_a_trial_without_a_gpu_trains_on_cpu(monkeypatch):
 
 def test_auto_precision_ignores_emulated_bf16(monkeypatch):
     """Item 3: a GPU that only emulates bf16 (V100, T4) gets fp16 with a GradScaler."""
-    from trainables.loop import resolve_precision
+    from trainables.device import resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
@@ -101,7 +101,7 @@ def test_auto_precision_ignores_emulated_bf16(monkeypatch):
 def test_deterministic_flag_sets_torchs_switches(monkeypatch):
     """Item 6: train.deterministic turns on cuDNN's and torch's deterministic algorithms and a fixed cuBLAS
     workspace; otherwise cudnn.benchmark is on for CUDA runs (and off on CPU, where it means nothing)."""
-    from trainables.loop import set_determinism
+    from trainables.device import set_determinism
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     assert _cfg(deterministic=True).train.deterministic is True
