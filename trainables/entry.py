@@ -10,15 +10,24 @@ base config and the trial's resources. Two ways to run it:
   ``loop.run`` under torch.distributed, and ``TuneReportCallback`` relays rank 0's reports to Tune.
 
 Either way, the trial restarts from its latest checkpoint after a failure.
+
+Ray, torch and the modules that import torch are imported inside the functions that run in a trial: the sweep
+driver imports this module to hand Tune the trainable, and tests call its helpers, without either.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import tempfile
+import warnings
+from pathlib import Path
 from typing import Any, Optional
 
-from trainables.failures import as_permanent, cap_memory_from_env, find_permanent
+from trainables.config import TrainConfig
+from trainables.failures import (DivergedError, OutOfMemoryError, TrialFailure, as_permanent, cap_memory_from_env,
+                                 find_permanent)
 
 __all__ = ["train_driver_fn", "trial_device", "worker_fn"]
 
@@ -26,7 +35,7 @@ __all__ = ["train_driver_fn", "trial_device", "worker_fn"]
 def _node_info() -> dict[str, Any]:
     info: dict[str, Any] = {"hostname": socket.gethostname()}
     try:
-        import ray
+        import ray  # in the trial only (see the module's docstring)
 
         info["node_id"] = ray.get_runtime_context().get_node_id()
     except Exception:  # outside Ray (tests calling the loop directly)
@@ -35,7 +44,7 @@ def _node_info() -> dict[str, Any]:
 
 
 def _set_threads(cpus: float) -> None:
-    import torch
+    import torch  # in the trial only (see the module's docstring)
 
     # Ray starts workers with OMP_NUM_THREADS=1; give each trial the cores its resources reserve, so that
     # concurrent trials share the machine instead of oversubscribing it.
@@ -45,17 +54,17 @@ def _set_threads(cpus: float) -> None:
 def trial_device(setup: dict, train_worker: bool = False):
     """The device the trial reserved: CPU when it reserved no GPU, else the GPU Ray assigned it.
 
-    Not ``loop.pick_device``: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for actors that reserve no GPU, so a
+    Not ``device.pick_device``: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for actors that reserve no GPU, so a
     ``use_gpu: false`` trial on a GPU machine would see every GPU and train on one unreserved. A Train worker
     takes ``ray.train.torch.get_device()`` (the GPU of its own bundle, whatever its local rank); a function-mode
     trial sees only its own GPU (Ray sets ``CUDA_VISIBLE_DEVICES`` for it), which is ``cuda:0``.
     """
-    import torch
+    import torch  # in the trial only (see the module's docstring)
 
     if not setup["use_gpu"]:
         return torch.device("cpu")
     if train_worker:
-        from ray.train.torch import get_device
+        from ray.train.torch import get_device  # in a Train worker only
 
         device = get_device()
     else:
@@ -68,9 +77,7 @@ def trial_device(setup: dict, train_worker: bool = False):
     return device
 
 
-def _config(config: dict, setup: dict):
-    from trainables.config import TrainConfig
-
+def _config(config: dict, setup: dict) -> TrainConfig:
     return TrainConfig.model_validate(setup["base"]).with_overrides(config)
 
 
@@ -86,9 +93,7 @@ def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
 
     Returns ``(path, manifest)``; a failure marker is returned as it is (its manifest says so).
     """
-    import warnings
-
-    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
+    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest  # torch: in the trial only
 
     for path in paths:
         try:
@@ -108,11 +113,8 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
     diverged, it ran out of memory) reports the worst metric value (so the searcher learns from it) with a
     marker checkpoint; a retried trial finds the marker and fails at once instead of failing again the slow way.
     """
-    import tempfile
-
-    from trainables.checkpoint import save_checkpoint
-    from trainables.failures import DivergedError, OutOfMemoryError, TrialFailure
-    from trainables.loop import run
+    from trainables.checkpoint import save_checkpoint  # torch: in the trial only
+    from trainables.loop import run  # torch: in the trial only
 
     path, manifest = _usable(candidates)
     if manifest and manifest.get("diverged"):
@@ -143,7 +145,7 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
 
 def _newest_first(paths: list[str]) -> list[str]:
     """Checkpoint directories by the epoch their manifest records, newest first (unreadable ones last)."""
-    from trainables.checkpoint import CheckpointError, read_manifest
+    from trainables.checkpoint import CheckpointError, read_manifest  # torch: in the trial only
 
     def epoch(path: str) -> int:
         try:
@@ -158,8 +160,6 @@ def _siblings(path: str) -> list[str]:
     """``path`` and the checkpoint directories beside it, newest first by the epoch each holds (local storage
     only). Tune's saved state may be a few seconds older than the trial directory (a killed driver): a newer
     checkpoint beside the one Tune hands over is then the one to resume from."""
-    from pathlib import Path
-
     here = Path(path)
     if not here.is_dir():
         return [path]
@@ -167,7 +167,7 @@ def _siblings(path: str) -> list[str]:
 
 
 def _run_function_trial(config: dict, setup: dict) -> None:
-    from ray import tune
+    from ray import tune  # in the trial only (see the module's docstring)
 
     cfg = _config(config, setup)
     _set_threads(setup["cpus_per_worker"])
@@ -183,8 +183,6 @@ def _run_function_trial(config: dict, setup: dict) -> None:
         # Tune records a trial's checkpoints in its experiment state every few seconds; a driver killed in
         # between restores the trial without its newest checkpoint. The checkpoints are on storage all the
         # same: look for them (local and shared filesystems).
-        from pathlib import Path
-
         trial_dir = Path(f"{setup['trial_dir_root']}/trial_{tune.get_context().get_trial_id()}")
         found = [str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()]
         _train(cfg, setup, send, _newest_first(found), 0)
@@ -197,8 +195,8 @@ def _run_function_trial(config: dict, setup: dict) -> None:
 
 def worker_fn(loop_config: dict) -> None:
     """One Ray Train worker: run the loop under torch.distributed (set up by TorchTrainer)."""
-    import ray.train
-    import torch.distributed as dist
+    import ray.train  # in the trial only (see the module's docstring)
+    import torch.distributed as dist  # in the trial only
 
     _quiet_logs()
     cfg = _config(loop_config["config"], loop_config["setup"])
@@ -222,7 +220,7 @@ def worker_fn(loop_config: dict) -> None:
 
     candidates = []
     if ray.train.get_checkpoint() is not None:
-        from pyarrow.fs import LocalFileSystem
+        from pyarrow.fs import LocalFileSystem  # Ray's storage layer: in a Train worker only
 
         for reported in reversed(ray.train.get_all_reported_checkpoints()):  # newest first
             ckpt = reported.checkpoint
@@ -245,9 +243,9 @@ def _permanent_worker_fn(loop_config: dict) -> None:
 
 
 def _run_torchtrainer_trial(config: dict, setup: dict) -> None:
-    from ray import train, tune
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray import train, tune  # in the trial only (see the module's docstring)
+    from ray.train.torch import TorchConfig, TorchTrainer  # in the trial only
+    from ray.tune.integration.ray_train import TuneReportCallback  # in the trial only
 
     res: dict[str, float] = {"CPU": setup["cpus_per_worker"]}
     if setup["use_gpu"]:
@@ -289,7 +287,7 @@ def _lean(trainer_cls):
     that itself (ternsearch.tuner.ReleaseTrainResources), and the cleaner's process start and blocking
     registration sit on every DDP trial's way to its first step. Checked against ray 2.60; if Train's internals
     move, the full trainer is used."""
-    try:
+    try:  # in the trial only (see the module's docstring); Train's internals, which may move
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:
         return trainer_cls
@@ -314,9 +312,9 @@ def _permanent_aware_policy():
     missing, a config the trial cannot build...) is not restarted: every restart would fail the same way, ~13 s
     each on 2 cores. Crashes and lost workers are retried as before. Checked against ray 2.60; if Train's
     internals move, the default policy is used."""
-    try:
+    try:  # in the trial only (see the module's docstring); Train's internals, which may move
         from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
-        from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+        from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision  # as above
     except ImportError:
         return None
 
@@ -330,8 +328,6 @@ def _permanent_aware_policy():
 
 
 def _quiet_logs() -> None:
-    import logging
-
     # Tune and Train log every checkpoint and every report at INFO from every trial and worker, and Ray
     # forwards those lines to the sweep's terminal; our own progress lines say the same thing once.
     for name in ("ray.tune", "ray.train"):

@@ -3,8 +3,14 @@ run reports when it fails that way. Torch-free, so the sweep driver and reports 
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Optional
+
+try:
+    import resource
+except ImportError:  # not POSIX: no memory cap (cap_memory_from_env, a test's fault injection, is Linux-only)
+    resource = None
 
 from trainables.errors import TrainablesError
 
@@ -170,10 +176,6 @@ def cap_memory_from_env() -> Optional[int]:
     segment (RLIMIT_DATA, which malloc'd and mmap'd memory count against) at its current size plus that many
     MB, so that a run needing more fails with a real allocation error, as on a machine with little memory.
     Returns the cap in bytes, or None."""
-    import os
-    import re
-    import resource
-
     extra = os.environ.get(MEMORY_CAP_ENV)
     if not extra:
         return None
