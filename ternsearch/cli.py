@@ -16,14 +16,14 @@ __all__ = ["main"]
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from ternsearch.single import train_file
-    from ternsearch.spec import load_train_file
+    from ternsearch.run.train import train_file
+    from ternsearch.spec.sweepfile import load_train_file
 
     tf = load_train_file(a.config)
     final = train_file(tf, Path(a.config), output=a.output, resume=a.resume, epochs=a.epochs,
                        progress=not a.quiet)
     if tf.tracking.enabled and (tf.tracking.uri or tf.origin.parent_run_id):
-        from ternsearch.train_tracking import log_single_run  # no Ray: ternsearch train runs without it
+        from ternsearch.tracking.train_runs import log_single_run  # no Ray: ternsearch train runs without it
 
         final["mlflow_run_id"] = log_single_run(tf, Path(a.config), final, quiet=a.quiet)
     print(json.dumps(final, indent=1, sort_keys=True))
@@ -31,8 +31,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _cmd_validate(a: argparse.Namespace) -> int:
-    from ternsearch.spec import load_spec, load_train_file
-    from ternsearch.yamlsrc import load_located
+    from ternsearch.spec.sweepfile import load_spec, load_train_file
+    from ternsearch.spec.yamlsrc import load_located
 
     loc = load_located(a.file)
     if "search" in loc.data:
@@ -46,25 +46,25 @@ def _cmd_validate(a: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(a: argparse.Namespace) -> int:
-    from ternsearch.sweep import sweep_command
+    from ternsearch.run.sweep import sweep_command
 
     return sweep_command(a)
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from ternsearch.export import export_command
+    from ternsearch.results.export import export_command
 
     return export_command(a)
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from ternsearch.report import report_command
+    from ternsearch.report.render import report_command
 
     return report_command(a)
 
 
 def _cmd_ui(a: argparse.Namespace) -> int:
-    from ternsearch.ui import ui_command
+    from ternsearch.tracking.ui import ui_command
 
     return ui_command(a)
 

@@ -38,7 +38,7 @@ class ResultsError(TernsearchError):
 
 class OutputError(TernsearchError):
     """An output path would overwrite a sweep's records or its spec file, or cannot be written (see
-    ``ternsearch.outputs``)."""
+    ``ternsearch.results.outputs``)."""
 
 
 class TrackingError(TernsearchError):

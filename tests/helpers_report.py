@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ternsearch.report_data import Results
-from ternsearch.spec import Param
+from ternsearch.report.data import Results
+from ternsearch.spec.sweepfile import Param
 
 SPEC = """\
 name: {name}

@@ -65,7 +65,7 @@ def _page(browser, problems: list):
 
 
 def test_report_renders_every_plot_offline(sweep, browser):
-    from ternsearch.report import FIGURES
+    from ternsearch.report.render import FIGURES
 
     _, _, results = sweep
     problems, requests = [], []
@@ -127,8 +127,8 @@ def mlflow_ui(sweep):
 def test_mlflow_ui_lists_the_sweep_and_its_trials(sweep, mlflow_ui, browser):
     from mlflow.tracking import MlflowClient
 
-    from ternsearch.report_data import load_results
-    from ternsearch.report_links import mlflow_links
+    from ternsearch.report.data import load_results
+    from ternsearch.report.importance import mlflow_links
 
     _, summary, results = sweep
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")

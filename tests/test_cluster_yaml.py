@@ -102,9 +102,9 @@ def test_cpu_head_and_spot_gpu_workers(cfg):
 def test_cifar10_sweep_file_fits_this_cluster(cfg):
     """search_spaces/cifar10.yaml is the sweep for this cluster: its driver resource is the head's, its
     tracking server is the one the head starts, and a trial fits the cluster at full size."""
-    from ternsearch.spec import load_spec
-    from ternsearch.sweep import _total, launcher_nodes
-    from ternsearch.tuner import make_plan
+    from ternsearch.spec.sweepfile import load_spec
+    from ternsearch.run.sweep import _total, launcher_nodes
+    from ternsearch.run.tuner import make_plan
 
     spec = load_spec(REPO / "search_spaces" / "cifar10.yaml")
     head = cfg["available_node_types"][cfg["head_node_type"]]["resources"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ternsearch.cli import main
-from ternsearch.single import evaluate_test
+from ternsearch.run.train import evaluate_test
 from trainables.checkpoint import latest_checkpoint, load_checkpoint
 from trainables.config import TrainConfig
 from trainables.loop import run

@@ -71,7 +71,7 @@ def _trial(tid):
 
 
 def _guard_with(failures: dict, needed=2):
-    from ternsearch import failfast
+    from ternsearch.run import failfast
 
     guard = failfast.SetupFailureGuard(needed=needed)
     for tid, error in failures.items():
@@ -100,7 +100,7 @@ def test_guard_lets_the_sweep_go_on(case):
         diverged = PermanentTrialError("DivergedError: diverged at epoch 1 (train_loss=nan)", "DivergedError")
         guard = _guard_with({"c1": diverged, "c2": diverged})
     elif case == "not permanent":
-        from ternsearch import failfast
+        from ternsearch.run import failfast
 
         failfast._PERMANENT.pop("c1", None), failfast._PERMANENT.pop("c2", None)
         guard = _guard_with({})
@@ -113,7 +113,7 @@ def test_guard_lets_the_sweep_go_on(case):
 
 
 def test_data_folder_from_the_environment_is_pinned_where_the_command_runs(tmp_path, monkeypatch):
-    from ternsearch.spec import load_spec
+    from ternsearch.spec.sweepfile import load_spec
 
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text("name: s\nsearch:\n  lr: {loguniform: [0.01, 0.1]}\n")
@@ -131,7 +131,7 @@ def test_data_folder_from_the_environment_is_pinned_where_the_command_runs(tmp_p
                                                  ("./mlruns", "file://{here}/mlruns"),
                                                  ("http://127.0.0.1:5000", "http://127.0.0.1:5000")])
 def test_relative_tracking_uris_are_made_absolute(tmp_path, monkeypatch, given, expected):
-    from ternsearch.mlflow_io import default_tracking_uri
+    from ternsearch.tracking.store import default_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     assert default_tracking_uri(tmp_path / "results", given) == expected.format(here=os.fspath(tmp_path))

@@ -234,7 +234,7 @@ def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path):
 
 
 def test_train_resume_skips_a_corrupted_checkpoint(tmp_path):
-    from ternsearch.single import latest_checkpoint
+    from ternsearch.run.train import latest_checkpoint
 
     _tiny_ckpt(tmp_path / "checkpoints" / "epoch_0001", 1)
     bad = _tiny_ckpt(tmp_path / "checkpoints" / "epoch_0002", 2)
@@ -271,8 +271,8 @@ def test_resources_return_after_asha_stops_ddp_trials(tmp_path, data_root):
     back (Ray Train V2 once leaked the placement groups of stopped trials)."""
     import ray
 
-    from ternsearch.spec import load_spec
-    from ternsearch.sweep import run_sweep
+    from ternsearch.spec.sweepfile import load_spec
+    from ternsearch.run.sweep import run_sweep
 
     path = tmp_path / "pg.yaml"
     path.write_text(f"""\
@@ -289,7 +289,7 @@ resources: {{workers_per_trial: 2, cpus_per_worker: 1}}
 storage: {{path: {tmp_path / 'results'}}}
 tracking: {{enabled: false}}
 """)
-    from ternsearch.sweep import _cluster
+    from ternsearch.run.sweep import _cluster
 
     _cluster(None)  # Ray started here, as the sweep would start it, outlives the sweep (which stops only its own)
     try:

@@ -65,8 +65,8 @@ def test_ttq_with_delayed_quantization_trains_under_ddp(data_root):
 
 def test_shared_storage_packs_a_trials_ranks(tmp_path):
     """Item 5: a DDP trial's ranks go on as few nodes as possible, shared storage or not."""
-    from ternsearch.spec import load_spec
-    from ternsearch.tuner import make_plan, trial_setup
+    from ternsearch.spec.sweepfile import load_spec
+    from ternsearch.run.tuner import make_plan, trial_setup
 
     spec_file = tmp_path / "ddp.yaml"
     spec_file.write_text("name: ddp\nmetric: {name: val_acc, mode: max}\nsearch:\n  lr: {loguniform: [0.01, 0.5]}\n"

@@ -5,7 +5,8 @@
   path, with a comment on that line or the one above saying so;
 - no module over 400 lines (tests and benchmarks included), no function over 60 lines (ternsearch/, trainables/);
 - no underscore name imported from another subpackage;
-- ``trainables`` never imports ``ternsearch``.
+- dependencies run one way: errors < spec < results < tracking < report < run < cli, and ``trainables`` never
+  imports ``ternsearch``.
 
 ``python tests/test_layout.py`` prints every finding, for a clean-up.
 """
@@ -24,6 +25,11 @@ MAX_FUNCTION_LINES = 60
 # What a function-local import may defer: these take seconds to import, or pull in a GPU runtime.
 HEAVY = {"torch", "torchvision", "ray", "mlflow", "plotly", "optuna", "pandas", "pyarrow", "numpy", "sklearn",
          "onnx", "onnxruntime", "onnxscript", "tensorboard", "scipy", "yaml_ext"}
+
+
+# The layers of ternsearch/, lowest first: a module imports only from its own layer or lower ones.
+LAYERS = ("ternsearch", "ternsearch.errors", "ternsearch.numbers", "ternsearch.spec", "ternsearch.results",
+          "ternsearch.tracking", "ternsearch.report", "ternsearch.run", "ternsearch.cli")
 
 
 @dataclass
@@ -109,12 +115,6 @@ def analyse(modules: dict[str, Module]) -> None:
                     module.local_imports.append((node.lineno, internal or target, internal is not None))
                 elif internal:
                     module.top_imports.add(internal)
-                    # importing a.b.c runs a/__init__ and a/b/__init__ first
-                    parent = internal.rpartition(".")[0]
-                    while parent in modules:
-                        if parent != module.name:
-                            module.top_imports.add(parent)
-                        parent = parent.rpartition(".")[0]
                 elif target.split(".")[0] in HEAVY:
                     module.heavy_top = True
         module.top_imports.discard(module.name)
@@ -229,6 +229,18 @@ def long_functions(modules: dict[str, Module]) -> list[str]:
     return out
 
 
+def layer(name: str) -> int:
+    """The rank of a ternsearch module in LAYERS (its subpackage's); trainables modules rank below them all."""
+    if not name.startswith("ternsearch"):
+        return -1
+    parts = name.split(".")
+    return max(LAYERS.index(".".join(parts[:n])) for n in (1, 2) if ".".join(parts[:n]) in LAYERS)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} imports {b}" for a in graph for b in graph[a] if layer(b) > layer(a))
+
+
 def _modules():
     modules = load_modules()
     analyse(modules)
@@ -252,11 +264,9 @@ def test_modules_and_functions_fit_a_screen():
     assert long_functions(_modules()) == []
 
 
-def test_trainables_never_import_ternsearch():
-    modules = _modules()
-    graph = edges(modules)
-    assert [(a, b) for a in graph if a.startswith("trainables") for b in graph[a] if b.startswith("ternsearch")] \
-        == []
+def test_dependencies_run_one_way():
+    """errors < spec < results < tracking < report < run < cli; trainables never imports ternsearch."""
+    assert upward_imports(edges(_modules())) == []
 
 
 def test_the_checker_sees_a_cycle_and_a_private_import():
@@ -276,6 +286,7 @@ if __name__ == "__main__":
     for title, rows in [("cycles", [" <-> ".join(c) for c in cycles(edges(mods))]),
                         ("function-local imports", local_import_findings(mods)),
                         ("private imports", private_import_findings(mods)),
+                        ("upward imports", upward_imports(edges(mods))),
                         ("long modules", long_modules()), ("long functions", long_functions(mods))]:
         print(f"## {title}: {len(rows)}")
         print("\n".join(rows))

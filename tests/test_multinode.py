@@ -22,7 +22,7 @@ import yaml
 from helpers_cluster import LocalRayCluster, MLflowServer, kill_tree
 
 from ternsearch.errors import PreflightError
-from ternsearch.spec import load_spec
+from ternsearch.spec.sweepfile import load_spec
 
 
 def slow_ray(fn):
@@ -256,8 +256,8 @@ WORKER = {"CPU": 1.0, "worker_node": 1.0, "memory": 1e9}
 
 
 def _plan(tmp_path, nodes, **over):
-    from ternsearch.sweep import _total
-    from ternsearch.tuner import make_plan
+    from ternsearch.run.sweep import _total
+    from ternsearch.run.tuner import make_plan
 
     spec = load_spec(write_spec(tmp_path / "plan.yaml", "plan", tmp_path, "http://127.0.0.1:5000", **over))
     return spec, make_plan(spec, _total(nodes), nodes)
@@ -283,7 +283,7 @@ def test_concurrency_counts_trials_node_by_node(tmp_path):
 
 
 def test_a_trial_that_fits_no_single_node_is_refused(tmp_path):
-    from ternsearch.sweep import _check_one_node
+    from ternsearch.run.sweep import _check_one_node
 
     gpu_worker = {"CPU": 8.0, "GPU": 1.0}
     spec, plan = _plan(tmp_path, [(HEAD, 1), (gpu_worker, 2)],
@@ -298,7 +298,7 @@ def test_a_trial_that_fits_no_single_node_is_refused(tmp_path):
 
 
 def test_launcher_config_counts_the_nodes_the_autoscaler_may_add(tmp_path):
-    from ternsearch.sweep import launcher_nodes
+    from ternsearch.run.sweep import launcher_nodes
 
     cfg = tmp_path / "bootstrap.yaml"
     cfg.write_text(yaml.safe_dump({

@@ -71,7 +71,7 @@ def test_two_objectives_give_a_pareto_front_to_pick_from(tmp_path, data_root, al
 
 
 def test_best_trial_breaks_ties_on_the_first_objective_by_the_others():
-    from ternsearch.sweep import best_trial, pareto_trials
+    from ternsearch.run.sweep import best_trial, pareto_trials
 
     def trial(tid, acc, zero, status="completed"):
         return tid, {"trial_id": tid, "status": status, "last": {"val_acc": acc, "ternary_zero_frac": zero}}

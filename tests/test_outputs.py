@@ -1,6 +1,7 @@
-"""Outputs never overwrite records (``ternsearch.outputs``): ``export -o``, ``export --packed`` and ``report -o``
-refuse, in one line with exit code 1 and before writing anything, the sweep's spec file, every record in a results
-directory, a directory, and a place whose folder cannot be made; they may rewrite their own regenerable files.
+"""Outputs never overwrite records (``ternsearch.results.outputs``): ``export -o``, ``export --packed`` and
+``report -o`` refuse, in one line with exit code 1 and before writing anything, the sweep's spec file, every record
+in a results directory, a directory, and a place whose folder cannot be made; they may rewrite their own
+regenerable files.
 
 The results directory is hand-made (tests/helpers_report.py) with the files a finished sweep leaves: no Ray."""
 
@@ -15,10 +16,10 @@ import pytest
 
 from helpers_report import MIXED, cli, write_hand_results
 from ternsearch.cli import main
-from ternsearch.outputs import REGENERABLE, check_output
-from ternsearch.preflight import spec_digest
-from ternsearch.recordfiles import SWEEP
-from ternsearch.spec import load_spec
+from ternsearch.results.outputs import REGENERABLE, check_output
+from ternsearch.run.preflight import spec_digest
+from ternsearch.results.files import SWEEP
+from ternsearch.spec.sweepfile import load_spec
 
 NAME = "rec"
 SPEC = """\

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ternsearch.recordfiles import TRIALS, read_trials
+from ternsearch.results.files import TRIALS, read_trials
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_START = "## Quick start"

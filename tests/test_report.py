@@ -12,11 +12,11 @@ import yaml
 import pytest
 
 from helpers_report import MIXED, NAME, PARAMS, cli, hand_results, real_sweep, write_hand_results
-from ternsearch.report_data import (PARAM_PREFIX, best_so_far, layer_sparsity, learning_curves,
+from ternsearch.report.data import (PARAM_PREFIX, best_so_far, layer_sparsity, learning_curves,
                                     load_results, optimization_history, parallel_dimensions, pareto_front,
                                     sparsity_tradeoff, trial_table)
-from ternsearch.report_links import importances, mlflow_links
-from ternsearch.spec import Param
+from ternsearch.report.importance import importances, mlflow_links
+from ternsearch.spec.sweepfile import Param
 
 # ---------------------------------------------------------------------------------------------- pure functions
 def test_pareto_front_keeps_ties_and_drops_dominated_points():
@@ -136,7 +136,7 @@ def test_importance_degenerate_sweeps():
 
 # ---------------------------------------------------------------------------------------------- files (no Ray)
 def test_write_report_files_and_degenerate_sweeps(tmp_path):
-    from ternsearch.report import FIGURES, write_report
+    from ternsearch.report.render import FIGURES, write_report
 
     mixed_type = Param("batch", "choice", choices=(64, "auto"))
     specs = [(i, st, dict(cfg, batch=64 if i % 2 else "auto"), v) for i, st, cfg, v, *_ in MIXED]

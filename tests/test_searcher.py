@@ -6,8 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from ternsearch.spec import load_spec
-from ternsearch.tuner import _searcher_and_scheduler, make_plan
+from ternsearch.spec.sweepfile import load_spec
+from ternsearch.run.tuner import _searcher_and_scheduler, make_plan
 
 SPEC = """\
 name: s

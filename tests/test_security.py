@@ -24,7 +24,7 @@ SOURCES = sorted([*(REPO / "ternsearch").glob("*.py"), *(REPO / "trainables").gl
 _LOCAL_RAY = r"""
 import json, os, sys
 import ray
-from ternsearch.sweep import _cluster
+from ternsearch.run.sweep import _cluster
 _cluster(None)
 ctx = ray.get_runtime_context()
 print(json.dumps({"gcs": ctx.gcs_address, "dashboard": ray.worker.get_dashboard_url(),

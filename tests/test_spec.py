@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ternsearch.spec import load_spec, load_train_file
+from ternsearch.spec.sweepfile import load_spec, load_train_file
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = REPO / "tests" / "bad_specs"
@@ -212,7 +212,7 @@ def test_conditional_params_parse(tmp_path):
 def test_define_by_run_suggests_conditional_params_only_when_enabled(tmp_path):
     import optuna
 
-    from ternsearch.space import DefineByRun
+    from ternsearch.spec.space import DefineByRun
 
     spec = load_spec(_write(tmp_path, _CONDITIONAL))
     space = DefineByRun(spec.params)

@@ -1,5 +1,5 @@
 """What keeps a sweep's start short: spec loading and the checks before Ray starts import neither torch nor
-Ray Tune, MLflow or Optuna (the sweep imports them on a thread while ``ray.init`` waits; see ternsearch.sweep)."""
+Ray Tune, MLflow or Optuna (the sweep imports them on a thread while ``ray.init`` waits; see ternsearch.run.sweep)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import textwrap
 CHECKS = """\
 import json, sys
 from pathlib import Path
-from ternsearch.mlflow_io import check_reachable, default_tracking_uri
-from ternsearch.preflight import check_environment, resolve_storage
-from ternsearch.spec import load_spec
-from ternsearch.sweep import _check_results
+from ternsearch.tracking.store import check_reachable, default_tracking_uri
+from ternsearch.run.preflight import check_environment, resolve_storage
+from ternsearch.spec.sweepfile import load_spec
+from ternsearch.run.sweep import _check_results
 spec = load_spec(sys.argv[1])
 storage = resolve_storage(spec, None)
 check_environment(spec, storage, None)
@@ -46,7 +46,7 @@ def test_spec_and_preflight_checks_import_neither_torch_nor_tune(tmp_path, data_
 SHARED = """\
 import json, sys
 import ray
-from ternsearch import sweep
+from ternsearch.run import sweep
 sweep._import_all(sweep._SHARED_WITH_RAY_INIT)
 before = set(sys.modules)
 ray.init(include_dashboard=False, logging_level="ERROR")
@@ -58,7 +58,7 @@ print(json.dumps(sorted(by_init)))
 WARM = """\
 import json, sys
 import ray
-from ternsearch import sweep
+from ternsearch.run import sweep
 sweep._import_all(sweep._SHARED_WITH_RAY_INIT)
 before = set(sys.modules)
 sweep._warm(sweep._WARM_MODULES)
@@ -81,7 +81,7 @@ def test_warm_imports_share_no_module_with_ray_init(tmp_path):
 
 LOGGING = """\
 import logging
-from ternsearch import sweep
+from ternsearch.run import sweep
 sweep._warm(sweep._WARM_MODULES)
 assert "mlflow.pytorch" in __import__("sys").modules  # imported through trainables.mlflow_compat
 root = logging.getLogger()

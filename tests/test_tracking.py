@@ -14,7 +14,7 @@ import pytest
 from ray.tune.experiment import Trial
 
 from ternsearch.errors import TrackingError
-from ternsearch.tracking import (MLflowTracker, default_tracking_uri, describe_unwritten, flatten_config,
+from ternsearch.tracking.tracker import (MLflowTracker, default_tracking_uri, describe_unwritten, flatten_config,
                                  log_single_run)
 
 FIXED = {"train.epochs": 4, "train.batch_size": 64, "model.arch": "tinynet", "model.quantizer": "twn"}
@@ -84,7 +84,7 @@ def test_default_uri_and_flatten(tmp_path, monkeypatch):
 def test_error_reason_prefers_the_trainables_exception(tmp_path):
     from types import SimpleNamespace
 
-    from ternsearch.tracking import error_reason
+    from ternsearch.tracking.tracker import error_reason
 
     text = ("Failure # 1 (occurred at x)\nray::ImplicitFunc.train() (pid=1, ip=h)\n  File \"a.py\", line 1\n"
             "ValueError: an older failure\nFailure # 2 (occurred at y)\nray::ImplicitFunc.train()\n"
@@ -180,7 +180,7 @@ def test_unreachable_http_store_fails_fast(tmp_path, store):
 
 
 def test_log_single_run(tmp_path, store):
-    from ternsearch.spec import TrainFile
+    from ternsearch.spec.sweepfile import TrainFile
 
     uri = default_tracking_uri(store, None)
     out = tmp_path / "run"
@@ -239,7 +239,7 @@ def test_log_single_run_registers_the_evaluated_model(tmp_path, store, monkeypat
     import torch
 
     from trainables.packed import load_packed
-    from ternsearch.spec import TrainFile
+    from ternsearch.spec.sweepfile import TrainFile
 
     uri = default_tracking_uri(store, None)
     out, models = _retrain_dir(tmp_path)
@@ -358,7 +358,7 @@ def _outage(tracker: MLflowTracker) -> _Outage:
 
 
 def test_outage_buffers_writes_and_writes_them_later(tmp_path, store, monkeypatch):
-    import ternsearch.tracking_queue as tq
+    import ternsearch.tracking.writequeue as tq
 
     monkeypatch.setattr(tq, "_MIN_RETRY_S", 0.0)  # every callback may try (really: at most one try a second)
     monkeypatch.setattr(tq, "_RETRY_COST_FACTOR", 0)
@@ -438,7 +438,7 @@ def test_a_write_whose_answer_is_lost_is_reported_as_maybe_written(tmp_path, sto
 def test_a_write_to_a_stopped_server_fails_in_a_moment(tmp_path, store, monkeypatch):
     """With MLflow's own settings a refused connection is retried for minutes; during a sweep it costs one quick
     failed attempt, then the write waits in the queue. MLflow's settings are back afterwards."""
-    from ternsearch.mlflow_io import brief_http
+    from ternsearch.tracking.store import brief_http
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
@@ -593,8 +593,8 @@ def test_resumed_sweep_records_trials_tune_lost(tmp_path, store):
     """A killed driver may have started a trial that Tune's last saved state lacks: on the resumed sweep's first
     step the records move it to trials_lost.json (with its reason; its history rows stay) and its MLflow run,
     left KILLED by reconcile(), is re-tagged as a lost trial, not counted among the trials."""
-    from ternsearch.recordfiles import read_history
-    from ternsearch.records import LOST, LOST_REASON, SweepRecorder
+    from ternsearch.results.files import read_history
+    from ternsearch.results.recorder import LOST, LOST_REASON, SweepRecorder
 
     t = _tracker(tmp_path, store, "toy-lost-trial")
     t.start()
@@ -655,8 +655,8 @@ def test_error_reason_of_a_truncated_ddp_worker_error(tmp_path):
 
     from ray.train.v2.api.exceptions import WorkerGroupError
 
-    from ternsearch.records import error_text
-    from ternsearch.tracking import error_reason
+    from ternsearch.results.recorder import error_text
+    from ternsearch.tracking.tracker import error_reason
 
     ddp = RuntimeError("Expected to have finished reduction in the prior iteration before starting a new one. "
                        "This error indicates that your module has parameters that were not used in producing "

@@ -1,5 +1,6 @@
 """Models into MLflow: the one way a trained model is logged and registered, used by the sweep (its best trial,
-``ternsearch.tracking``) and by ``ternsearch train`` (a retrained exported config, ``ternsearch.train_tracking``).
+``ternsearch.tracking.tracker``) and by ``ternsearch train`` (a retrained exported config,
+``ternsearch.tracking.train_runs``).
 
 A model is logged as an MLflow 3 ``LoggedModel`` created in the run's own experiment (``mlflow.pytorch.log_model``
 without an active run would put it in the default experiment and ./mlruns of the current directory), pickled with
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ternsearch.mlflow_io import _pip_requirements, _using_tracking_uri, mlflow_console_off
+from ternsearch.tracking.store import _pip_requirements, _using_tracking_uri, mlflow_console_off
 
 __all__ = ["RegisteredModel", "log_registered_model", "log_retrained_model"]
 

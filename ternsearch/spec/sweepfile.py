@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NoReturn, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from ternsearch.yamlsrc import Located, did_you_mean, explain_first, load_located, show
+from ternsearch.spec.yamlsrc import Located, did_you_mean, explain_first, load_located, show
 from trainables.config import DataConfig, MetricConfig, ModelConfig, TrainConfig, TrainParams
 
 __all__ = ["Param", "SweepSpec", "TrainFile", "load_spec", "load_train_file", "DIST_KINDS"]

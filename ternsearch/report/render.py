@@ -1,5 +1,5 @@
 """``ternsearch report``: one self-contained HTML file (plotly.js inline, opens offline) and the trial table as
-CSV and Parquet. The numbers come from ``ternsearch.report_data`` / ``report_links``; this module only draws."""
+CSV and Parquet. The numbers come from ``ternsearch.report.data`` / ``report_links``; this module only draws."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
-from ternsearch.outputs import REGENERABLE, check_output
-from ternsearch.report_data import (PARAM_PREFIX, Results, learning_curves, layer_sparsity, load_results,
+from ternsearch.results.outputs import REGENERABLE, check_output
+from ternsearch.report.data import (PARAM_PREFIX, Results, learning_curves, layer_sparsity, load_results,
                                     optimization_history, parallel_dimensions, sparsity_tradeoff, trial_table)
-from ternsearch.report_links import RunLinks, importances, mlflow_links
+from ternsearch.report.importance import RunLinks, importances, mlflow_links
 
 __all__ = ["write_report", "write_tables", "render_report", "report_command", "FIGURES"]
 
@@ -338,7 +338,7 @@ def write_report(results_dir: str | Path, output: Optional[str | Path] = None) -
 
     Raises:
         ResultsError: ``results_dir`` is not a sweep's results directory.
-        OutputError: an output would overwrite a record or the spec (``ternsearch.outputs``); nothing written.
+        OutputError: an output would overwrite a record or the spec (``ternsearch.results.outputs``); nothing written.
     """
     results = load_results(results_dir)
     out = Path(output) if output else results.path / REPORT
@@ -354,7 +354,7 @@ def write_report(results_dir: str | Path, output: Optional[str | Path] = None) -
 
 
 def report_command(a) -> int:
-    from ternsearch.export import load_results_meta
+    from ternsearch.results.export import load_results_meta
 
     meta = load_results_meta(Path(a.results))
     output = Path(a.output) if a.output else Path("reports") / f"{meta['name']}.html"

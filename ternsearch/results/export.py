@@ -8,10 +8,10 @@ from typing import Any, Optional
 
 import yaml
 
-from ternsearch.describe import data_line
+from ternsearch.spec.describe import data_line
 from ternsearch.errors import OutputError, ResultsError
-from ternsearch.outputs import REGENERABLE, check_output, same_file
-from ternsearch.recordfiles import SWEEP, read_trials
+from ternsearch.results.outputs import REGENERABLE, check_output, same_file
+from ternsearch.results.files import SWEEP, read_trials
 
 __all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
 
@@ -34,7 +34,7 @@ def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[st
     ``OBJECTIVE[:TOLERANCE]`` the Pareto-front trial best on OBJECTIVE among those within TOLERANCE (default
     0.01) of the front's best value of the first objective, e.g. ``ternary_zero_frac:0.01``: the sparsest
     model within one point of the best accuracy."""
-    from ternsearch.sweep import best_trial, pareto_trials
+    from ternsearch.run.sweep import best_trial, pareto_trials
 
     meta = load_results_meta(results_dir)
     trials = read_trials(results_dir)
@@ -95,7 +95,7 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
 
 def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = None,
                       pick: Optional[str] = None, keep_split: bool = False) -> Path:
-    """Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.outputs``)."""
+    """Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.results.outputs``)."""
     check_output(output, results_dir, REGENERABLE["export"])
     doc = best_config(results_dir, epochs, pick, keep_split)
     header = (f"# Best trial {doc['origin']['trial_id']} of sweep '{doc['origin']['sweep']}' "
@@ -114,16 +114,16 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
     """The results directory ``export`` reads: ``source`` itself, or the one the sweep of spec file ``source``
     writes. Given a spec (``source`` or ``spec_file``), the results must have been made by that very file."""
     if source.is_file():
-        from ternsearch.preflight import resolve_storage
-        from ternsearch.spec import load_spec
-        from ternsearch.sweep import records_dir
+        from ternsearch.run.preflight import resolve_storage
+        from ternsearch.spec.sweepfile import load_spec
+        from ternsearch.run.sweep import records_dir
 
         spec = load_spec(str(source))
         results, spec_file = records_dir(spec.name, resolve_storage(spec, None)), spec_file or source
     else:
         results = source
     if spec_file is not None:
-        from ternsearch.preflight import check_same_spec
+        from ternsearch.run.preflight import check_same_spec
 
         check_same_spec(results, load_results_meta(results), spec_file,
                         "give the spec that made it, or that spec's own results directory")
@@ -132,7 +132,7 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
 
 def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) -> str:
     """The chosen trial's model as a packed 2-bit file (see ``trainables.packed``); a line with the sizes.
-    Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.outputs``)."""
+    Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.results.outputs``)."""
     import io
 
     import torch

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from ternsearch.errors import ResultsError
-from ternsearch.export import load_results_meta
-from ternsearch.mlflow_io import _redact, _sqlite_path
+from ternsearch.results.export import load_results_meta
+from ternsearch.tracking.store import _redact, _sqlite_path
 
 __all__ = ["ui_command", "server_argv"]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ternsearch.errors import PreflightError, ResultsError, SweepFailedError
-from ternsearch.mlflow_io import copy_redacted, without_credentials
-from ternsearch.preflight import (check_environment, check_fits, check_same_spec, local_resources, resolve_storage,
+from ternsearch.tracking.store import copy_redacted, without_credentials
+from ternsearch.run.preflight import (check_environment, check_fits, check_same_spec, local_resources, resolve_storage,
                                   spec_digest)
-from ternsearch.spec import SweepSpec, load_spec
+from ternsearch.spec.sweepfile import SweepSpec, load_spec
 
 __all__ = ["sweep_command", "run_sweep", "best_trial"]
 
@@ -57,7 +57,7 @@ def best_trial(trials: dict, metric: str, mode: str, objectives: Optional[list] 
 def pareto_trials(trials: dict, objectives: list[list[str]]) -> list[dict]:
     """The completed trials no other completed trial beats on every objective (``[[name, mode], ...]``), in
     trial order. ASHA-stopped trials are left out: their values are from an earlier epoch than the others'."""
-    from ternsearch.report_data import pareto_front
+    from ternsearch.report.data import pareto_front
 
     def has_all(t):
         return all(isinstance(t.get("last", {}).get(name), (int, float)) for name, _ in objectives)
@@ -69,7 +69,7 @@ def pareto_trials(trials: dict, objectives: list[list[str]]) -> list[dict]:
 
 
 def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
-    from ternsearch.space import ordered
+    from ternsearch.spec.space import ordered
 
     lines = [f"sweep '{spec.name}' from {spec.file}",
              f"  metric: {spec.metric.name} ({spec.metric.mode})",
@@ -152,8 +152,9 @@ def records_dir(name: str, storage_path: str) -> Path:
 # What the driver imports after Ray is up (about 3 s together on the 2-core machine): imported on a thread while
 # ray.init waits for its processes, they cost the sweep little. Import errors surface later, at the real import.
 # mlflow.pytorch is imported through trainables.mlflow_compat (its import changes the root logger).
-_WARM_MODULES = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "optuna", "ternsearch.tuner",
-                 "ternsearch.tracking", "ternsearch.records", "ternsearch.progress", "ternsearch.report")
+_WARM_MODULES = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "optuna", "ternsearch.run.tuner",
+                 "ternsearch.tracking.tracker", "ternsearch.results.recorder", "ternsearch.run.progress",
+                 "ternsearch.report.render")
 # Modules both ray.init (ray 2.60) and the imports above load. They are imported first, on the main thread, so that
 # no module is imported by both threads at once: a circular import spanning two threads raises importlib's
 # _DeadlockError. tests/test_startup.py checks that nothing else is shared.
@@ -253,7 +254,7 @@ def _check_one_node(spec: SweepSpec, plan, where: str) -> None:
     """Every trial needs each of its bundles on a single node: one that fits no node would wait forever."""
     if plan.fits > 0:
         return
-    from ternsearch.tuner import trial_bundles
+    from ternsearch.run.tuner import trial_bundles
 
     need = " + ".join(f"{count} x {{{', '.join(f'{k}: {v:g}' for k, v in b.items())}}}"
                       for b, count in trial_bundles(spec, plan.mode, plan.use_gpu))
@@ -266,7 +267,7 @@ def _check_one_node(spec: SweepSpec, plan, where: str) -> None:
 
 
 def _check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
-    from ternsearch.recordfiles import SWEEP
+    from ternsearch.results.files import SWEEP
 
     meta_path = results_dir / SWEEP
     if resume:
@@ -296,7 +297,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
               tracking_uri: Optional[str] = None, resume: bool = False, dry_run: bool = False,
               quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths)."""
-    from ternsearch.mlflow_io import check_reachable, default_tracking_uri
+    from ternsearch.tracking.store import check_reachable, default_tracking_uri
 
     quiet_libraries(verbose)
 
@@ -318,7 +319,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
         cluster, nodes = _cluster(address, dashboard=dashboard, verbose=verbose)
         warm.join()
         quiet_libraries(verbose)
-    from ternsearch.tuner import make_plan
+    from ternsearch.run.tuner import make_plan
 
     plan = dataclasses.replace(make_plan(spec, cluster, nodes), local=address is None)
     where = "this machine" if address is None else f"the cluster at {address}"
@@ -344,12 +345,12 @@ def _shutdown_ray_in_background() -> threading.Thread:
 
 def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_ray=False,
              verbose=False) -> dict[str, Any]:
-    from ternsearch.failfast import SetupFailureGuard
-    from ternsearch.progress import SweepProgress
-    from ternsearch.recordfiles import SWEEP
-    from ternsearch.records import SweepRecorder
-    from ternsearch.tracking import MLflowTracker, flatten_config
-    from ternsearch.tuner import build_tuner, prestart_train_services, restore_tuner
+    from ternsearch.run.failfast import SetupFailureGuard
+    from ternsearch.run.progress import SweepProgress
+    from ternsearch.results.files import SWEEP
+    from ternsearch.results.recorder import SweepRecorder
+    from ternsearch.tracking.tracker import MLflowTracker, flatten_config
+    from ternsearch.run.tuner import build_tuner, prestart_train_services, restore_tuner
 
     if plan.mode == "torchtrainer":
         prestart_train_services()
@@ -379,7 +380,7 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_
     meta_path.write_text(json.dumps(meta, indent=1))
     if not resume:
         copy_redacted(spec.file, results_dir / "spec.yaml")  # a tracking URI's user:password masked
-    from ternsearch.tuner import ReleaseTrainResources
+    from ternsearch.run.tuner import ReleaseTrainResources
 
     guard = SetupFailureGuard(needed=min(spec.searcher.num_samples, 2))
     callbacks = [SweepRecorder(str(results_dir), meta["params"]), SweepProgress(spec, plan, quiet=quiet),
@@ -415,7 +416,7 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_
 
 
 def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dict[str, Any]:
-    from ternsearch.recordfiles import read_trials
+    from ternsearch.results.files import read_trials
 
     trials = read_trials(results_dir)
     unfinished = [t for t in trials.values() if t["status"] == "running"]
@@ -429,7 +430,7 @@ def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dic
 
 
 def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[str, Any]:
-    from ternsearch.export import write_best_config
+    from ternsearch.results.export import write_best_config
 
     best = best_trial(trials, spec.metric.name, spec.metric.mode, [[m.name, m.mode] for m in spec.objectives])
     summary: dict[str, Any] = {"results": str(results_dir), "tracking_uri": meta.get("tracking_uri"),
@@ -455,7 +456,7 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
         finally:
             tracker.close("FINISHED")
             summary["tracking_unwritten"] = len(tracker.unwritten)
-    from ternsearch.report import write_report
+    from ternsearch.report.render import write_report
 
     try:
         summary["report"] = str(write_report(results_dir))

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ternsearch.errors import PreflightError, TernsearchError, TrainingError
-from ternsearch.mlflow_io import copy_redacted
-from ternsearch.spec import TrainFile
+from ternsearch.tracking.store import copy_redacted
+from ternsearch.spec.sweepfile import TrainFile
 
 __all__ = ["latest_checkpoint", "train_file"]
 

@@ -1,5 +1,5 @@
 """The names of a sweep's record files and how to read them, without Ray: export, report and the sweep's own
-checks before Ray starts read them (see :mod:`ternsearch.records` for the writer)."""
+checks before Ray starts read them (see :mod:`ternsearch.results.recorder` for the writer)."""
 
 from __future__ import annotations
 

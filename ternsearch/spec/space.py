@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ternsearch.spec import Param
+from ternsearch.spec.sweepfile import Param
 
 __all__ = ["DefineByRun", "make_sampler", "ordered", "grid_size"]
 

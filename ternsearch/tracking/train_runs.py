@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ternsearch.describe import data_line
+from ternsearch.spec.describe import data_line
 from ternsearch.errors import TrackingError
-from ternsearch.mlflow_io import (TAG, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _get_or_create_experiment,
+from ternsearch.tracking.store import (TAG, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _get_or_create_experiment,
                                   _is_number, _log_batch, _metrics, _one_line, _params, _redact, check_reachable,
                                   default_tracking_uri, flatten_config)
-from ternsearch.mlflow_model import log_retrained_model
+from ternsearch.tracking.model import log_retrained_model
 
 __all__ = ["log_single_run"]
 
@@ -22,7 +22,7 @@ def log_single_run(tf, source: Path, final: dict, quiet: bool = False) -> str:
     ``ternsearch.sweep_parent_run_id``; params = the flattened resolved config; per-epoch metrics from
     ``<output>/history.jsonl``; final metrics (test_acc, test_loss, ...); the config file as an artifact; the
     final model registered as a new version of the sweep's registered model, with the test metrics as its tags and
-    metrics, and packed at 2 bits as an artifact (``ternsearch.mlflow_model.log_retrained_model``).
+    metrics, and packed at 2 bits as an artifact (``ternsearch.tracking.model.log_retrained_model``).
     ``quiet``: without MLflow's own console lines. Returns the run id.
 
     Raises:

@@ -13,7 +13,7 @@ restarted or resumed trial finds its run by tag instead of duplicating it, and n
 
 Outages. An unreachable store at ``start()`` is a ``TrackingError`` (one line naming the URI, within seconds;
 ``check_reachable`` is the same check for callers that want it before starting Ray). During the sweep every
-write goes through an in-order queue (``ternsearch.tracking_queue``): a write the store cannot take now (server
+write goes through an in-order queue (``ternsearch.tracking.writequeue``): a write the store cannot take now (server
 down, overloaded, timing out) stays queued with its original timestamps and is retried at later callbacks (at
 most one failed attempt per callback, each bounded to a few seconds, spaced out while the store stays down), so
 trials never wait for MLflow, and a run created late still gets its params, its metrics at their epochs, its
@@ -41,18 +41,18 @@ from ray.tune import Callback
 from trainables.failures import WRAPPERS, exception_line, failure_reason, root_cause, without_permanent_prefix
 
 from ternsearch.errors import TrackingError
-from ternsearch.mlflow_io import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
+from ternsearch.tracking.store import (TAG, _NODE_TAGS, _TUNE_KEYS, _common_tags, _ensure_sqlite_dir, _fmt_value,
                                   _get_or_create_experiment, _is_number, _log_batch, _metrics, _one_line, _params,
                                   _quote, _redact, _search_all, _tags, check_reachable, copy_redacted,
                                   default_tracking_uri, flatten_config, without_credentials)
-from ternsearch.records import LOST_REASON
-from ternsearch.tracking_queue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
-from ternsearch.train_tracking import log_single_run
+from ternsearch.results.recorder import LOST_REASON
+from ternsearch.tracking.writequeue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
+from ternsearch.tracking.train_runs import log_single_run
 
 __all__ = ["MLflowTracker", "TAG", "UNWRITTEN_FILE", "check_reachable", "default_tracking_uri", "describe_unwritten",
            "error_reason", "flatten_config", "log_single_run"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ternsearch.tracking")
 
 _FINAL_FLUSH_S = 30.0  # close(): how long to keep trying to write what is still queued
 _EXC_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Interrupt|Exit|Failure)): ?(.*)$")
@@ -69,7 +69,7 @@ class MLflowTracker(WriteQueue, Callback):
     pickled. Call ``start()`` before ``Tuner.fit()`` and ``close(status)`` in a ``finally:``; after ``close()``,
     ``unwritten`` lists what never reached the store (empty when everything did).
 
-    The callbacks turn Tune's events into ops for the write queue (``ternsearch.tracking_queue``): they never
+    The callbacks turn Tune's events into ops for the write queue (``ternsearch.tracking.writequeue``): they never
     wait long for the store and never raise.
     """
 
@@ -379,7 +379,7 @@ class MLflowTracker(WriteQueue, Callback):
         from trainables.checkpoint import read_manifest
         from trainables.loop import model_from_checkpoint
 
-        from ternsearch.mlflow_model import log_registered_model
+        from ternsearch.tracking.model import log_registered_model
 
         parent = self._require_parent()
         client = self._client()

@@ -1,4 +1,5 @@
-"""The write queue of ``MLflowTracker`` (``ternsearch.tracking``): how a sweep's writes survive a tracking outage.
+"""The write queue of ``MLflowTracker`` (``ternsearch.tracking.tracker``): how a sweep's writes survive a
+tracking outage.
 
 Every write is an op, a plain (picklable) dict: ``kind``, ``key`` (the trial id, or None for the sweep), ``ts``
 (when it was made, in ms: metric timestamps, a late run's start and end times) and its data. Kinds:
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ternsearch.mlflow_io import (TAG, _log_batch, _now_ms, _one_line, _params, _redact, _tags, brief_http,
+from ternsearch.tracking.store import (TAG, _log_batch, _now_ms, _one_line, _params, _redact, _tags, brief_http,
                                   is_transient, outage_reason)
 
 __all__ = ["UNWRITTEN_FILE", "WriteQueue", "describe_unwritten"]

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from ternsearch.errors import PreflightError, ResultsError
-from ternsearch.outputs import unwritable
-from ternsearch.spec import SweepSpec
+from ternsearch.results.outputs import unwritable
+from ternsearch.spec.sweepfile import SweepSpec
 
 __all__ = ["check_environment", "local_resources", "check_fits", "resolve_storage", "spec_digest"]
 

@@ -7,8 +7,8 @@ import time
 
 from ray import tune
 
-from ternsearch.failfast import permanent_error
-from ternsearch.records import error_text, trial_status
+from ternsearch.run.failfast import permanent_error
+from ternsearch.results.recorder import error_text, trial_status
 
 __all__ = ["SweepProgress"]
 

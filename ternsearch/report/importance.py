@@ -9,8 +9,8 @@ from typing import Any, Literal, Optional
 
 import pandas as pd
 
-from ternsearch.report_data import _FINISHED, PARAM_PREFIX, Results, infer_param
-from ternsearch.spec import Param
+from ternsearch.report.data import _FINISHED, PARAM_PREFIX, Results, infer_param
+from ternsearch.spec.sweepfile import Param
 
 __all__ = ["Importance", "importances", "RunLinks", "mlflow_links", "METHODS"]
 
@@ -143,7 +143,7 @@ UI_PORT = 5000
 def _store(results: Results) -> tuple[Optional[str], Optional[str], Optional[str]]:
     """(uri to query, UI base address, command that opens the UI); a SQLite store moved with its results
     directory is found there."""
-    from ternsearch.mlflow_io import _sqlite_path, _sqlite_uri
+    from ternsearch.tracking.store import _sqlite_path, _sqlite_uri
 
     uri = results.meta.get("tracking_uri")
     if not uri:
@@ -165,7 +165,7 @@ def _store(results: Results) -> tuple[Optional[str], Optional[str], Optional[str
 def mlflow_links(results: Results) -> RunLinks:
     """Find each trial's child run (tag ``ternsearch.trial_id`` under the sweep's parent run). Never raises:
     an unreachable or missing store gives a RunLinks without runs and the reason in ``error``."""
-    from ternsearch.mlflow_io import TAG, _one_line, _quote, _redact, _search_all, brief_http, check_reachable
+    from ternsearch.tracking.store import TAG, _one_line, _quote, _redact, _search_all, brief_http, check_reachable
 
     parent = results.meta.get("parent_run_id")
     uri, base, command = _store(results)

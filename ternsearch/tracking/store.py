@@ -1,6 +1,6 @@
-"""MLflow plumbing shared by the sweep tracker (``ternsearch.tracking``) and ``ternsearch train``: tracking URIs,
-redaction of credentials, MLflow entities within the store's limits, bounded HTTP waits, telling an outage from
-a rejected write (``ternsearch train`` runs are recorded by ``ternsearch.train_tracking``)."""
+"""MLflow plumbing shared by the sweep tracker (``ternsearch.tracking.tracker``) and ``ternsearch train``:
+tracking URIs, redaction of credentials, MLflow entities within the store's limits, bounded HTTP waits, telling an
+outage from a rejected write (``ternsearch train`` runs are recorded by ``ternsearch.tracking.train_runs``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
-"""The numbers behind the sweep report, computed from a results directory; ``ternsearch.report`` only draws them.
+"""The numbers behind the sweep report, computed from a results directory; ``ternsearch.report.render`` only
+draws them.
 
 Everything here reads the sweep's own records (``sweep.json``, ``trials.json``, ``history.jsonl`` through
-``ternsearch.records``), never Tune's internal files, and is tested on its own (Optuna's visualization keeps the
-same split: an info layer that tests target, then plotly). Parameter importance and MLflow links are in
-``ternsearch.report_links``.
+``ternsearch.results.recorder``), never Tune's internal files, and is tested on its own (Optuna's visualization
+keeps the same split: an info layer that tests target, then plotly). Parameter importance and MLflow links are in
+``ternsearch.report.importance``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 from trainables.failures import failure_reason
 
 from ternsearch.errors import SpecError
-from ternsearch.spec import Param
+from ternsearch.spec.sweepfile import Param
 
 __all__ = ["Results", "Curve", "load_results", "trial_table", "best_so_far", "optimization_history",
            "learning_curves", "pareto_front", "sparsity_tradeoff", "layer_sparsity", "parallel_dimensions",
@@ -60,10 +61,10 @@ def infer_param(name: str, seen: Sequence[Any]) -> Param:
 
 def load_results(results_dir: str | Path) -> Results:
     """Read a results directory (``ResultsError`` if it is not one)."""
-    from ternsearch.export import load_results_meta
-    from ternsearch.recordfiles import read_history, read_trials
-    from ternsearch.space import ordered
-    from ternsearch.spec import load_spec
+    from ternsearch.results.export import load_results_meta
+    from ternsearch.results.files import read_history, read_trials
+    from ternsearch.spec.space import ordered
+    from ternsearch.spec.sweepfile import load_spec
 
     path = Path(results_dir)
     meta = load_results_meta(path)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ternsearch.errors import OutputError
-from ternsearch.recordfiles import SWEEP
+from ternsearch.results.files import SWEEP
 
 __all__ = ["REGENERABLE", "check_output", "same_file", "unwritable"]
 

@@ -11,9 +11,9 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 from trainables.failures import failure_reason
 
-from ternsearch.failfast import no_retry_for_permanent_errors
-from ternsearch.space import DefineByRun, make_sampler
-from ternsearch.spec import SweepSpec
+from ternsearch.run.failfast import no_retry_for_permanent_errors
+from ternsearch.spec.space import DefineByRun, make_sampler
+from ternsearch.spec.sweepfile import SweepSpec
 
 __all__ = ["Plan", "ReleaseTrainResources", "make_plan", "trial_bundles", "build_tuner", "restore_tuner", "trial_setup"]
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from ray import tune
 
-from ternsearch.recordfiles import HISTORY, TRIALS, read_history, read_trials
+from ternsearch.results.files import HISTORY, TRIALS, read_history, read_trials
 from trainables.failures import WRAPPERS, exception_line, failure_reason, root_cause, without_permanent_prefix
 
 __all__ = ["SweepRecorder", "trial_status", "LOST", "LOST_REASON"]
