@@ -35,10 +35,6 @@ from trainables.failures import OutOfMemoryError
 from trainables.ternary import overall_zero_frac, ternary_stats
 from trainables.training import Training, prepare
 
-# Until ternsearch imports these from their own modules (the merge that moves it into subpackages): issue 15.
-from trainables.device import pick_device  # noqa: F401
-from trainables.restore import model_from_checkpoint  # noqa: F401
-
 __all__ = ["Report", "run"]
 
 Report = Callable[[dict[str, Any], Optional[str]], None]

@@ -136,8 +136,8 @@ def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) ->
     import io
 
     import torch
-    from trainables.loop import model_from_checkpoint
     from trainables.packed import PackError, save_packed
+    from trainables.restore import model_from_checkpoint
 
     check_output(output, results_dir, REGENERABLE["packed"])
     _, best = chosen_trial(results_dir, pick)

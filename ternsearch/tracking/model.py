@@ -76,7 +76,7 @@ def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, f
     ckpt = retrain_checkpoint(final, output)
     if ckpt is None:
         return None
-    from trainables.loop import model_from_checkpoint
+    from trainables.restore import model_from_checkpoint
 
     model, cfg = model_from_checkpoint(ckpt)
     origin = tf.origin

@@ -377,7 +377,7 @@ class MLflowTracker(WriteQueue, Callback):
 
     def _log_best(self, trial_id: str, checkpoint_dir: str, best_config_yaml: str) -> str:
         from trainables.checkpoint import read_manifest
-        from trainables.loop import model_from_checkpoint
+        from trainables.restore import model_from_checkpoint
 
         from ternsearch.tracking.model import log_registered_model
 
