@@ -15,6 +15,15 @@ import torch.multiprocessing as mp
 
 from trainables.config import TrainConfig
 from trainables.loop import run
+from trainables.setup import TrialSetup
+
+
+def _setup(**fields) -> TrialSetup:
+    """A one-worker trial's setup on CPU, with ``fields`` instead."""
+    one = dict(base={}, mode="function", workers=1, use_gpu=False, cpus_per_worker=1.0, storage_path="",
+               trial_dir_root="", max_failures=0, keep_checkpoints=1, placement_strategy="PACK",
+               objectives=[("val_acc", "max")])
+    return TrialSetup(**{**one, **fields})
 
 
 def _cfg(model: dict | None = None, subset: int = 200, **train) -> TrainConfig:
@@ -73,7 +82,7 @@ def test_shared_storage_packs_a_trials_ranks(tmp_path):
                          f"resources: {{workers_per_trial: 2}}\nstorage: {{path: {tmp_path}/nfs, shared: true}}\n")
     spec = load_spec(spec_file)
     setup = trial_setup(spec, make_plan(spec, {"CPU": 4.0}), str(tmp_path / "nfs"))
-    assert setup["mode"] == "torchtrainer" and setup["placement_strategy"] == "PACK"
+    assert setup.mode == "torchtrainer" and setup.placement_strategy == "PACK"
 
 
 def test_a_trial_without_a_gpu_trains_on_cpu(monkeypatch):
@@ -83,9 +92,9 @@ def test_a_trial_without_a_gpu_trains_on_cpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert trial_device({"use_gpu": False}) == torch.device("cpu")
-    assert trial_device({"use_gpu": False}, train_worker=True) == torch.device("cpu")
-    assert trial_device({"use_gpu": True}) == torch.device("cuda", 0)
+    assert trial_device(_setup(use_gpu=False)) == torch.device("cpu")
+    assert trial_device(_setup(use_gpu=False), train_worker=True) == torch.device("cpu")
+    assert trial_device(_setup(use_gpu=True)) == torch.device("cuda", 0)
 
 
 def test_auto_precision_ignores_emulated_bf16(monkeypatch):
@@ -196,6 +205,6 @@ def test_a_fractional_gpu_trial_caps_its_memory(monkeypatch):
 
     capped = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: capped.append((f, d)))
-    assert trial_device({"use_gpu": True, "gpus_per_worker": 0.25}) == torch.device("cuda", 0)
-    assert trial_device({"use_gpu": True, "gpus_per_worker": 1.0}) == torch.device("cuda", 0)
+    assert trial_device(_setup(use_gpu=True, gpus_per_worker=0.25)) == torch.device("cuda", 0)
+    assert trial_device(_setup(use_gpu=True, gpus_per_worker=1.0)) == torch.device("cuda", 0)
     assert capped == [(0.25, torch.device("cuda", 0))]

@@ -1,7 +1,7 @@
 """What a Ray Tune trial runs. The only module on the trial side that touches Ray (``ray.tune``/``ray.train``).
 
-A trial is ``train_driver_fn(config, setup)``: ``config`` holds the searcher's values, ``setup`` the resolved
-base config and the trial's resources. Two ways to run it:
+A trial is ``train_driver_fn(config, setup)``: ``config`` holds the searcher's values, ``setup`` (a
+``trainables.setup.TrialSetup``) the resolved base config and the trial's resources. Two ways to run it:
 
 - ``function`` (single-worker trials, the default there): the trial process runs ``loop.run`` itself and
   reports through ``ray.tune.report``. Measured ~1 s from trial start to training, against 13-27 s for a
@@ -28,6 +28,7 @@ from typing import Any, Optional
 from trainables.config import TrainConfig
 from trainables.failures import (DivergedError, OutOfMemoryError, TrialFailure, as_permanent, cap_memory_from_env,
                                  find_permanent)
+from trainables.setup import TrialSetup
 
 __all__ = ["train_driver_fn", "trial_device", "worker_fn"]
 
@@ -51,7 +52,7 @@ def _set_threads(cpus: float) -> None:
     torch.set_num_threads(max(int(cpus), 1))
 
 
-def trial_device(setup: dict, train_worker: bool = False):
+def trial_device(setup: TrialSetup, train_worker: bool = False):
     """The device the trial reserved: CPU when it reserved no GPU, else the GPU Ray assigned it.
 
     Not ``device.pick_device``: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for actors that reserve no GPU, so a
@@ -61,7 +62,7 @@ def trial_device(setup: dict, train_worker: bool = False):
     """
     import torch  # in the trial only (see the module's docstring)
 
-    if not setup["use_gpu"]:
+    if not setup.use_gpu:
         return torch.device("cpu")
     if train_worker:
         from ray.train.torch import get_device  # in a Train worker only
@@ -69,16 +70,16 @@ def trial_device(setup: dict, train_worker: bool = False):
         device = get_device()
     else:
         device = torch.device("cuda", 0)
-    share = float(setup.get("gpus_per_worker") or 1.0)
-    if share < 1.0:
+    share = setup.gpus_per_worker
+    if 0.0 < share < 1.0:
         # Several trials on one GPU: cap this process's caching allocator at its share, so that a neighbour's
         # memory use is not this trial's out-of-memory failure (which TPE would learn as "big batches fail").
         torch.cuda.set_per_process_memory_fraction(share, device)
     return device
 
 
-def _config(config: dict, setup: dict) -> TrainConfig:
-    return TrainConfig.model_validate(setup["base"]).with_overrides(config)
+def _config(config: dict, setup: TrialSetup) -> TrainConfig:
+    return TrainConfig.model_validate(setup.base).with_overrides(config)
 
 
 def worst_value(metric: str, mode: str) -> float:
@@ -106,7 +107,7 @@ def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
     return None, None
 
 
-def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> None:
+def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int) -> None:
     """Resume from the newest usable checkpoint and run the loop; a ``TrialFailure`` is reported, then raised.
 
     ``send(metrics, ckpt_dir)`` hands a result to Ray. A run that fails in a way a retry would repeat (it
@@ -127,12 +128,11 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
         # saved this checkpoint may never have recorded the epoch. Receivers keep one value per epoch.
         send(dict(manifest.get("metrics", {}), replayed=True), None)
     try:
-        run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup["mode"] != "function"))
+        run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup.mode != "function"))
     except TrialFailure as exc:
         diverged = isinstance(exc, DivergedError)
-        objectives = setup.get("objectives") or [[cfg.metric.name, cfg.metric.mode]]
         metrics = {"epoch": exc.epoch, "run_complete": True,
-                   **{name: worst_value(name, mode) for name, mode in objectives}}
+                   **{name: worst_value(name, mode) for name, mode in setup.objectives}}
         metrics.update({"diverged": True, "train_loss": exc.loss} if diverged else {"failed": exc.reason})
         marker_manifest = {"epoch": exc.epoch, "reason": str(exc), "kind": type(exc).__name__}
         marker_manifest.update({"diverged": True} if diverged else {"failed": exc.reason})
@@ -166,11 +166,11 @@ def _siblings(path: str) -> list[str]:
     return _newest_first([path] + [str(p) for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here])
 
 
-def _run_function_trial(config: dict, setup: dict) -> None:
+def _run_function_trial(config: dict, setup: TrialSetup) -> None:
     from ray import tune  # in the trial only (see the module's docstring)
 
     cfg = _config(config, setup)
-    _set_threads(setup["cpus_per_worker"])
+    _set_threads(setup.cpus_per_worker)
     cap_memory_from_env()  # a test's simulated small machine; off unless set
     node = _node_info()
 
@@ -183,7 +183,7 @@ def _run_function_trial(config: dict, setup: dict) -> None:
         # Tune records a trial's checkpoints in its experiment state every few seconds; a driver killed in
         # between restores the trial without its newest checkpoint. The checkpoints are on storage all the
         # same: look for them (local and shared filesystems).
-        trial_dir = Path(f"{setup['trial_dir_root']}/trial_{tune.get_context().get_trial_id()}")
+        trial_dir = Path(f"{setup.trial_dir_root}/trial_{tune.get_context().get_trial_id()}")
         found = [str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()]
         _train(cfg, setup, send, _newest_first(found), 0)
         return
@@ -199,8 +199,9 @@ def worker_fn(loop_config: dict) -> None:
     import torch.distributed as dist  # in the trial only
 
     _quiet_logs()
-    cfg = _config(loop_config["config"], loop_config["setup"])
-    _set_threads(loop_config["setup"]["cpus_per_worker"])
+    setup: TrialSetup = loop_config["setup"]
+    cfg = _config(loop_config["config"], setup)
+    _set_threads(setup.cpus_per_worker)
     cap_memory_from_env()
     node = _node_info()
     ctx = ray.train.get_context()
@@ -228,7 +229,7 @@ def worker_fn(loop_config: dict) -> None:
             candidates.append(ckpt.path if local else ckpt.to_directory())
             if not local:  # remote storage: download the newest only
                 break
-    _train(cfg, loop_config["setup"], send, candidates, rank)
+    _train(cfg, setup, send, candidates, rank)
 
 
 def _permanent_worker_fn(loop_config: dict) -> None:
@@ -242,33 +243,33 @@ def _permanent_worker_fn(loop_config: dict) -> None:
         raise permanent from None
 
 
-def _run_torchtrainer_trial(config: dict, setup: dict) -> None:
+def _run_torchtrainer_trial(config: dict, setup: TrialSetup) -> None:
     from ray import train, tune  # in the trial only (see the module's docstring)
     from ray.train.torch import TorchConfig, TorchTrainer  # in the trial only
     from ray.tune.integration.ray_train import TuneReportCallback  # in the trial only
 
-    res: dict[str, float] = {"CPU": setup["cpus_per_worker"]}
-    if setup["use_gpu"]:
-        res["GPU"] = setup["gpus_per_worker"]
+    res: dict[str, float] = {"CPU": setup.cpus_per_worker}
+    if setup.use_gpu:
+        res["GPU"] = setup.gpus_per_worker
     trial_id = tune.get_context().get_trial_id()
-    if setup.get("local_cluster"):
+    if setup.local_cluster:
         # Train's preemption watcher polls for nodes being drained (spot instances); a local Ray has none, and its
         # extra process would start just while the workers set up (benchmarks/trial_overhead.py).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = _lean(TorchTrainer)(
         _permanent_worker_fn,
         train_loop_config={"config": config, "setup": setup},
-        torch_config=TorchConfig(backend="nccl" if setup["use_gpu"] else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if setup.use_gpu else "gloo"),
         scaling_config=train.ScalingConfig(
-            num_workers=setup["workers"], use_gpu=bool(setup["use_gpu"]), resources_per_worker=res,
-            placement_strategy=setup.get("placement_strategy", "PACK"),
+            num_workers=setup.workers, use_gpu=setup.use_gpu, resources_per_worker=res,
+            placement_strategy=setup.placement_strategy,
         ),
         run_config=train.RunConfig(
             # A stable name lets a re-run trial (driver restarted) find and resume the same Train run.
             name=f"train-{trial_id}",
-            storage_path=setup["storage_path"],
-            failure_config=train.FailureConfig(max_failures=setup["max_failures"]),
-            checkpoint_config=train.CheckpointConfig(num_to_keep=setup["keep_checkpoints"]),
+            storage_path=setup.storage_path,
+            failure_config=train.FailureConfig(max_failures=setup.max_failures),
+            checkpoint_config=train.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -334,11 +335,11 @@ def _quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def train_driver_fn(config: dict, setup: dict) -> None:
+def train_driver_fn(config: dict, setup: TrialSetup) -> None:
     """The Tune trial: run the loop here (function mode) or through a TorchTrainer (DDP)."""
     _quiet_logs()
     try:
-        if setup["mode"] == "function":
+        if setup.mode == "function":
             _run_function_trial(config, setup)
         else:
             _run_torchtrainer_trial(config, setup)
