@@ -211,7 +211,7 @@ def worker_fn(loop_config: dict) -> None:
     dist.all_gather_object(nodes, node["node_id"])
     node["rank_node_ids"] = ",".join(nodes)
     # The worker group's placement group: the sweep driver removes it when the trial ends, stops or restarts,
-    # because Train's own cleaner misses it when Tune kills a stopped trial (see ternsearch.tuner).
+    # because Train's own cleaner misses it when Tune kills a stopped trial (see ternsearch.run.tuner).
     node["placement_group_id"] = ray.get_runtime_context().get_placement_group_id() or ""
 
     def send(metrics: dict, ckpt_dir: Optional[str]) -> None:
@@ -285,7 +285,7 @@ def _run_torchtrainer_trial(config: dict, setup: TrialSetup) -> None:
 def _lean(trainer_cls):
     """``trainer_cls`` without Train's placement-group cleaner: a detached actor, started with every fit, that
     polls the State API to remove the workers' placement group when the controller dies. The sweep driver does
-    that itself (ternsearch.tuner.ReleaseTrainResources), and the cleaner's process start and blocking
+    that itself (ternsearch.run.tuner.ReleaseTrainResources), and the cleaner's process start and blocking
     registration sit on every DDP trial's way to its first step. Checked against ray 2.60; if Train's internals
     move, the full trainer is used."""
     try:  # in the trial only (see the module's docstring); Train's internals, which may move

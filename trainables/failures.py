@@ -51,7 +51,7 @@ class OutOfMemoryError(TrialFailure):
 class PermanentTrialError(TrainablesError, RuntimeError):
     """A trial failed in a way a retry cannot fix (data missing or corrupt, a config it cannot build, an import
     error, a weight source that does not exist, or a ``TrialFailure``): the sweep ends the trial at once instead
-    of retrying it (``ternsearch.failfast``). Retries are for crashes and lost workers, which never raise here.
+    of retrying it (``ternsearch.run.failfast``). Retries are for crashes and lost workers, which never raise here.
     ``reason`` is one line: ``DataError: CIFAR-10 data folder X does not exist ...``."""
 
     def __init__(self, reason: str, kind: str = ""):
