@@ -15,6 +15,15 @@ import torch.multiprocessing as mp
 
 from trainables.config import TrainConfig
 from trainables.loop import run
+from trainables.setup import TrialSetup
+
+
+def _setup(**fields) -> TrialSetup:
+    """A one-worker trial's setup on CPU, with ``fields`` instead."""
+    one = dict(base={}, mode="function", workers=1, use_gpu=False, cpus_per_worker=1.0, storage_path="",
+               trial_dir_root="", max_failures=0, keep_checkpoints=1, placement_strategy="PACK",
+               objectives=[("val_acc", "max")])
+    return TrialSetup(**{**one, **fields})
 
 
 def _cfg(model: dict | None = None, subset: int = 200, **train) -> TrainConfig:
@@ -73,7 +82,7 @@ def test_shared_storage_packs_a_trials_ranks(tmp_path):
                          f"resources: {{workers_per_trial: 2}}\nstorage: {{path: {tmp_path}/nfs, shared: true}}\n")
     spec = load_spec(spec_file)
     setup = trial_setup(spec, make_plan(spec, {"CPU": 4.0}), str(tmp_path / "nfs"))
-    assert setup["mode"] == "torchtrainer" and setup["placement_strategy"] == "PACK"
+    assert setup.mode == "torchtrainer" and setup.placement_strategy == "PACK"
 
 
 def test_a_trial_without_a_gpu_trains_on_cpu(monkeypatch):
@@ -83,14 +92,14 @@ def test_a_trial_without_a_gpu_trains_on_cpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert trial_device({"use_gpu": False}) == torch.device("cpu")
-    assert trial_device({"use_gpu": False}, train_worker=True) == torch.device("cpu")
-    assert trial_device({"use_gpu": True}) == torch.device("cuda", 0)
+    assert trial_device(_setup(use_gpu=False)) == torch.device("cpu")
+    assert trial_device(_setup(use_gpu=False), train_worker=True) == torch.device("cpu")
+    assert trial_device(_setup(use_gpu=True)) == torch.device("cuda", 0)
 
 
 def test_auto_precision_ignores_emulated_bf16(monkeypatch):
     """Item 3: a GPU that only emulates bf16 (V100, T4) gets fp16 with a GradScaler."""
-    from trainables.loop import resolve_precision
+    from trainables.device import resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
@@ -101,7 +110,7 @@ def test_auto_precision_ignores_emulated_bf16(monkeypatch):
 def test_deterministic_flag_sets_torchs_switches(monkeypatch):
     """Item 6: train.deterministic turns on cuDNN's and torch's deterministic algorithms and a fixed cuBLAS
     workspace; otherwise cudnn.benchmark is on for CUDA runs (and off on CPU, where it means nothing)."""
-    from trainables.loop import set_determinism
+    from trainables.device import set_determinism
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     assert _cfg(deterministic=True).train.deterministic is True
@@ -163,10 +172,10 @@ class _InfOnce(torch.nn.Module):
 def test_one_overflow_step_is_skipped_not_divergence(data_root, monkeypatch):
     """Item 11: GradScaler skips the step whose loss is not finite; the epoch's loss leaves it out and the run
     goes on. Past MAX_NONFINITE_FRACTION of the steps it is divergence (test_loop's test_divergence_raises)."""
-    from trainables import models
+    from trainables import registry
 
     # Registered for this test only: the registry tests (tests/test_models.py) check the built-in names.
-    monkeypatch.setitem(models._REGISTRY, "inf_once", _InfOnce)
+    monkeypatch.setitem(registry._REGISTRY, "inf_once", _InfOnce)
     out = run(_cfg({"arch": "inf_once"}, epochs=1, precision="fp16"), None)  # 5 steps: 1 is 20%
     assert out["nonfinite_steps"] == 1 and math.isfinite(out["train_loss"])
 
@@ -196,6 +205,6 @@ def test_a_fractional_gpu_trial_caps_its_memory(monkeypatch):
 
     capped = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: capped.append((f, d)))
-    assert trial_device({"use_gpu": True, "gpus_per_worker": 0.25}) == torch.device("cuda", 0)
-    assert trial_device({"use_gpu": True, "gpus_per_worker": 1.0}) == torch.device("cuda", 0)
+    assert trial_device(_setup(use_gpu=True, gpus_per_worker=0.25)) == torch.device("cuda", 0)
+    assert trial_device(_setup(use_gpu=True, gpus_per_worker=1.0)) == torch.device("cuda", 0)
     assert capped == [(0.25, torch.device("cuda", 0))]

@@ -10,7 +10,10 @@ import torch
 
 from trainables.checkpoint import load_checkpoint
 from trainables.config import TrainConfig
-from trainables.loop import DivergedError, model_from_checkpoint, resolve_precision, run
+from trainables.device import resolve_precision
+from trainables.failures import DivergedError
+from trainables.loop import run
+from trainables.restore import model_from_checkpoint
 
 
 def _cfg(model: dict | None = None, subset: int = 640, **train) -> TrainConfig:

@@ -30,7 +30,7 @@ def _seed() -> None:
 def test_model_names() -> None:
     assert {"airbench", "mobilenetv2", "resnet18", "resnet20", "tinynet"} <= set(model_names())
     assert list(model_names()) == sorted(model_names())
-    from trainables.config import BUILTIN_MODELS
+    from trainables.registry import BUILTIN_MODELS
 
     assert set(BUILTIN_MODELS) == set(model_names())  # the torch-free list spec validation uses
 

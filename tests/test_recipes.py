@@ -17,9 +17,9 @@ import torch.nn.functional as F
 import yaml
 
 from trainables.config import TrainConfig
-from trainables.loop import model_from_checkpoint
 from trainables.models import build_model
 from trainables.recipes import RecipeError, distill_loss, quant_mix, set_quant_mix, warm_start
+from trainables.restore import model_from_checkpoint
 from trainables.ternary import _twn_ternarize, ternary_modules
 
 BASE = {"data": {"subset": 600, "val_fraction": 0.2}, "train": {"batch_size": 64, "lr": 0.05, "threads": 2}}

@@ -89,7 +89,8 @@ def test_train_file_with_val_fraction_0_trains_and_says_its_val_metrics_are_on_t
     import torch
 
     from trainables.data import make_split
-    from trainables.loop import evaluate, model_from_checkpoint
+    from trainables.evaluate import evaluate
+    from trainables.restore import model_from_checkpoint
 
     cfg = tmp_path / "full.yaml"
     cfg.write_text("name: full\ndata: {subset: 600, val_fraction: 0}\nmodel: {arch: tinynet}\n"

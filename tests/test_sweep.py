@@ -114,8 +114,8 @@ def test_export_then_retrain_registers_the_model(sweep, data_root, monkeypatch):
     from ternsearch.spec.sweepfile import load_train_file
     from trainables.augment import normalize
     from trainables.data import load_cifar10, split_indices
-    from trainables.loop import model_from_checkpoint
     from trainables.packed import load_packed
+    from trainables.restore import model_from_checkpoint
 
     tmp, summary, results = sweep
     best = tmp / "best.yaml"

@@ -68,7 +68,7 @@ def _trial(config: dict) -> None:
     omp = os.environ.get("OMP_NUM_THREADS")
     if config.get("preset_threads"):
         torch.set_num_threads(config["preset_threads"])  # a wrong count inherited from elsewhere
-    _set_threads(config["cpus"])  # as entry._run_function_trial does with setup["cpus_per_worker"]
+    _set_threads(config["cpus"])  # as entry._run_function_trial does with setup.cpus_per_worker
     start = time.time()
     barrier = Path(config["barrier"])
     (barrier / tune.get_context().get_trial_id()).touch()

@@ -148,7 +148,7 @@ def _toy_trial(config: dict, marker: str) -> None:
     quality = _QUALITY[lr]
     for epoch in range(1, 5):
         if lr >= 1.0 and epoch == 2:
-            from trainables.loop import DivergedError
+            from trainables.failures import DivergedError
 
             raise DivergedError(2, float("nan"))
         if quality < 0.5 and epoch == 1:

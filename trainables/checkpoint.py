@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 
+from trainables.errors import TrainablesError
+
 __all__ = ["CheckpointError", "STATE_FILE", "MANIFEST_FILE", "RUN_CHECKPOINTS", "save_checkpoint", "load_checkpoint",
            "read_manifest", "latest_checkpoint"]
 
@@ -23,7 +25,7 @@ MANIFEST_FILE = "manifest.json"
 RUN_CHECKPOINTS = "checkpoints"  # a `ternsearch train` run directory keeps its epoch_NNNN checkpoints here
 
 
-class CheckpointError(Exception):
+class CheckpointError(TrainablesError):
     """A checkpoint directory is missing, incomplete or corrupted."""
 
 

@@ -11,6 +11,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainables.registry import known_models
+
 __all__ = [
     "AUGMENTS",
     "OPTIMIZERS",
@@ -43,11 +45,6 @@ REPORTED_METRICS = (
 )
 
 
-# The models trainables.models registers itself (tests check the two agree). Validating against this tuple keeps
-# torch (1.3 s to import) out of spec loading; other registered names are looked up in the registry.
-BUILTIN_MODELS = ("airbench", "mobilenetv2", "resnet18", "resnet20", "tinynet")
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,7 +64,7 @@ class DataConfig(_Strict):
     50,000 training images (before the validation split) for fast runs. ``val_fraction: 0`` holds nothing out
     (a final retraining on every training image): the per-epoch ``val_*`` metrics are then measured on the
     training images themselves, without augmentation, and each epoch reports ``eval_on: train``. Sweeps need a
-    validation split and refuse 0 (``ternsearch.spec``).
+    validation split and refuse 0 (``ternsearch.spec.sweepfile``).
     """
 
     dataset: Literal["cifar10"] = "cifar10"
@@ -100,11 +97,7 @@ class ModelConfig(_Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        if value in BUILTIN_MODELS:  # no torch import: a driver that only plans and records never needs it
-            return value
-        from trainables.models import model_names  # models registered with trainables.models.register
-
-        names = model_names()
+        names = known_models()  # the torch-free registry: spec loading never imports torch
         if value not in names:
             raise ValueError(f"unknown model {value!r} (choose from: {', '.join(names)})")
         return value

@@ -25,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process download lock (see _download_lock)
+    fcntl = None
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -124,9 +129,7 @@ def _read_py(folder: Path, train: bool, download: bool = False) -> tuple[Tensor,
 def _download_lock(folder: Path) -> Iterator[None]:
     """Serialize downloads into ``folder`` across processes (several Ray workers may start at once)."""
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock, torchvision's own re-check still applies
+    if fcntl is None:  # not POSIX: no cross-process lock, torchvision's own re-check still applies
         yield
         return
     with open(folder / ".ternsearch-download.lock", "w") as handle:

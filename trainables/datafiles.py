@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from trainables.config import DataConfig
+from trainables.errors import TrainablesError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -34,7 +35,7 @@ _HOW_TO_GET = (
 )
 
 
-class DataError(Exception):
+class DataError(TrainablesError):
     """The data is missing, incomplete, corrupt, or cannot be split as asked. The message is one line, for users."""
 
 

@@ -1,7 +1,7 @@
 """What a Ray Tune trial runs. The only module on the trial side that touches Ray (``ray.tune``/``ray.train``).
 
-A trial is ``train_driver_fn(config, setup)``: ``config`` holds the searcher's values, ``setup`` the resolved
-base config and the trial's resources. Two ways to run it:
+A trial is ``train_driver_fn(config, setup)``: ``config`` holds the searcher's values, ``setup`` (a
+``trainables.setup.TrialSetup``) the resolved base config and the trial's resources. Two ways to run it:
 
 - ``function`` (single-worker trials, the default there): the trial process runs ``loop.run`` itself and
   reports through ``ray.tune.report``. Measured ~1 s from trial start to training, against 13-27 s for a
@@ -10,15 +10,25 @@ base config and the trial's resources. Two ways to run it:
   ``loop.run`` under torch.distributed, and ``TuneReportCallback`` relays rank 0's reports to Tune.
 
 Either way, the trial restarts from its latest checkpoint after a failure.
+
+Ray, torch and the modules that import torch are imported inside the functions that run in a trial: the sweep
+driver imports this module to hand Tune the trainable, and tests call its helpers, without either.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import tempfile
+import warnings
+from pathlib import Path
 from typing import Any, Optional
 
-from trainables.failures import as_permanent, cap_memory_from_env, find_permanent
+from trainables.config import TrainConfig
+from trainables.failures import (DivergedError, OutOfMemoryError, TrialFailure, as_permanent, cap_memory_from_env,
+                                 find_permanent)
+from trainables.setup import TrialSetup
 
 __all__ = ["train_driver_fn", "trial_device", "worker_fn"]
 
@@ -26,7 +36,7 @@ __all__ = ["train_driver_fn", "trial_device", "worker_fn"]
 def _node_info() -> dict[str, Any]:
     info: dict[str, Any] = {"hostname": socket.gethostname()}
     try:
-        import ray
+        import ray  # in the trial only (see the module's docstring)
 
         info["node_id"] = ray.get_runtime_context().get_node_id()
     except Exception:  # outside Ray (tests calling the loop directly)
@@ -35,43 +45,41 @@ def _node_info() -> dict[str, Any]:
 
 
 def _set_threads(cpus: float) -> None:
-    import torch
+    import torch  # in the trial only (see the module's docstring)
 
     # Ray starts workers with OMP_NUM_THREADS=1; give each trial the cores its resources reserve, so that
     # concurrent trials share the machine instead of oversubscribing it.
     torch.set_num_threads(max(int(cpus), 1))
 
 
-def trial_device(setup: dict, train_worker: bool = False):
+def trial_device(setup: TrialSetup, train_worker: bool = False):
     """The device the trial reserved: CPU when it reserved no GPU, else the GPU Ray assigned it.
 
-    Not ``loop.pick_device``: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for actors that reserve no GPU, so a
+    Not ``device.pick_device``: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for actors that reserve no GPU, so a
     ``use_gpu: false`` trial on a GPU machine would see every GPU and train on one unreserved. A Train worker
     takes ``ray.train.torch.get_device()`` (the GPU of its own bundle, whatever its local rank); a function-mode
     trial sees only its own GPU (Ray sets ``CUDA_VISIBLE_DEVICES`` for it), which is ``cuda:0``.
     """
-    import torch
+    import torch  # in the trial only (see the module's docstring)
 
-    if not setup["use_gpu"]:
+    if not setup.use_gpu:
         return torch.device("cpu")
     if train_worker:
-        from ray.train.torch import get_device
+        from ray.train.torch import get_device  # in a Train worker only
 
         device = get_device()
     else:
         device = torch.device("cuda", 0)
-    share = float(setup.get("gpus_per_worker") or 1.0)
-    if share < 1.0:
+    share = setup.gpus_per_worker
+    if 0.0 < share < 1.0:
         # Several trials on one GPU: cap this process's caching allocator at its share, so that a neighbour's
         # memory use is not this trial's out-of-memory failure (which TPE would learn as "big batches fail").
         torch.cuda.set_per_process_memory_fraction(share, device)
     return device
 
 
-def _config(config: dict, setup: dict):
-    from trainables.config import TrainConfig
-
-    return TrainConfig.model_validate(setup["base"]).with_overrides(config)
+def _config(config: dict, setup: TrialSetup) -> TrainConfig:
+    return TrainConfig.model_validate(setup.base).with_overrides(config)
 
 
 def worst_value(metric: str, mode: str) -> float:
@@ -86,9 +94,7 @@ def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
 
     Returns ``(path, manifest)``; a failure marker is returned as it is (its manifest says so).
     """
-    import warnings
-
-    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest
+    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest  # torch: in the trial only
 
     for path in paths:
         try:
@@ -101,18 +107,15 @@ def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
     return None, None
 
 
-def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> None:
+def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int) -> None:
     """Resume from the newest usable checkpoint and run the loop; a ``TrialFailure`` is reported, then raised.
 
     ``send(metrics, ckpt_dir)`` hands a result to Ray. A run that fails in a way a retry would repeat (it
     diverged, it ran out of memory) reports the worst metric value (so the searcher learns from it) with a
     marker checkpoint; a retried trial finds the marker and fails at once instead of failing again the slow way.
     """
-    import tempfile
-
-    from trainables.checkpoint import save_checkpoint
-    from trainables.failures import DivergedError, OutOfMemoryError, TrialFailure
-    from trainables.loop import run
+    from trainables.checkpoint import save_checkpoint  # torch: in the trial only
+    from trainables.loop import run  # torch: in the trial only
 
     path, manifest = _usable(candidates)
     if manifest and manifest.get("diverged"):
@@ -125,12 +128,11 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
         # saved this checkpoint may never have recorded the epoch. Receivers keep one value per epoch.
         send(dict(manifest.get("metrics", {}), replayed=True), None)
     try:
-        run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup["mode"] != "function"))
+        run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup.mode != "function"))
     except TrialFailure as exc:
         diverged = isinstance(exc, DivergedError)
-        objectives = setup.get("objectives") or [[cfg.metric.name, cfg.metric.mode]]
         metrics = {"epoch": exc.epoch, "run_complete": True,
-                   **{name: worst_value(name, mode) for name, mode in objectives}}
+                   **{name: worst_value(name, mode) for name, mode in setup.objectives}}
         metrics.update({"diverged": True, "train_loss": exc.loss} if diverged else {"failed": exc.reason})
         marker_manifest = {"epoch": exc.epoch, "reason": str(exc), "kind": type(exc).__name__}
         marker_manifest.update({"diverged": True} if diverged else {"failed": exc.reason})
@@ -143,7 +145,7 @@ def _train(cfg, setup: dict, send, candidates: list[str], world_rank: int) -> No
 
 def _newest_first(paths: list[str]) -> list[str]:
     """Checkpoint directories by the epoch their manifest records, newest first (unreadable ones last)."""
-    from trainables.checkpoint import CheckpointError, read_manifest
+    from trainables.checkpoint import CheckpointError, read_manifest  # torch: in the trial only
 
     def epoch(path: str) -> int:
         try:
@@ -158,19 +160,17 @@ def _siblings(path: str) -> list[str]:
     """``path`` and the checkpoint directories beside it, newest first by the epoch each holds (local storage
     only). Tune's saved state may be a few seconds older than the trial directory (a killed driver): a newer
     checkpoint beside the one Tune hands over is then the one to resume from."""
-    from pathlib import Path
-
     here = Path(path)
     if not here.is_dir():
         return [path]
     return _newest_first([path] + [str(p) for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here])
 
 
-def _run_function_trial(config: dict, setup: dict) -> None:
-    from ray import tune
+def _run_function_trial(config: dict, setup: TrialSetup) -> None:
+    from ray import tune  # in the trial only (see the module's docstring)
 
     cfg = _config(config, setup)
-    _set_threads(setup["cpus_per_worker"])
+    _set_threads(setup.cpus_per_worker)
     cap_memory_from_env()  # a test's simulated small machine; off unless set
     node = _node_info()
 
@@ -183,9 +183,7 @@ def _run_function_trial(config: dict, setup: dict) -> None:
         # Tune records a trial's checkpoints in its experiment state every few seconds; a driver killed in
         # between restores the trial without its newest checkpoint. The checkpoints are on storage all the
         # same: look for them (local and shared filesystems).
-        from pathlib import Path
-
-        trial_dir = Path(f"{setup['trial_dir_root']}/trial_{tune.get_context().get_trial_id()}")
+        trial_dir = Path(f"{setup.trial_dir_root}/trial_{tune.get_context().get_trial_id()}")
         found = [str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()]
         _train(cfg, setup, send, _newest_first(found), 0)
         return
@@ -197,12 +195,13 @@ def _run_function_trial(config: dict, setup: dict) -> None:
 
 def worker_fn(loop_config: dict) -> None:
     """One Ray Train worker: run the loop under torch.distributed (set up by TorchTrainer)."""
-    import ray.train
-    import torch.distributed as dist
+    import ray.train  # in the trial only (see the module's docstring)
+    import torch.distributed as dist  # in the trial only
 
     _quiet_logs()
-    cfg = _config(loop_config["config"], loop_config["setup"])
-    _set_threads(loop_config["setup"]["cpus_per_worker"])
+    setup: TrialSetup = loop_config["setup"]
+    cfg = _config(loop_config["config"], setup)
+    _set_threads(setup.cpus_per_worker)
     cap_memory_from_env()
     node = _node_info()
     ctx = ray.train.get_context()
@@ -212,7 +211,7 @@ def worker_fn(loop_config: dict) -> None:
     dist.all_gather_object(nodes, node["node_id"])
     node["rank_node_ids"] = ",".join(nodes)
     # The worker group's placement group: the sweep driver removes it when the trial ends, stops or restarts,
-    # because Train's own cleaner misses it when Tune kills a stopped trial (see ternsearch.tuner).
+    # because Train's own cleaner misses it when Tune kills a stopped trial (see ternsearch.run.tuner).
     node["placement_group_id"] = ray.get_runtime_context().get_placement_group_id() or ""
 
     def send(metrics: dict, ckpt_dir: Optional[str]) -> None:
@@ -222,7 +221,7 @@ def worker_fn(loop_config: dict) -> None:
 
     candidates = []
     if ray.train.get_checkpoint() is not None:
-        from pyarrow.fs import LocalFileSystem
+        from pyarrow.fs import LocalFileSystem  # Ray's storage layer: in a Train worker only
 
         for reported in reversed(ray.train.get_all_reported_checkpoints()):  # newest first
             ckpt = reported.checkpoint
@@ -230,7 +229,7 @@ def worker_fn(loop_config: dict) -> None:
             candidates.append(ckpt.path if local else ckpt.to_directory())
             if not local:  # remote storage: download the newest only
                 break
-    _train(cfg, loop_config["setup"], send, candidates, rank)
+    _train(cfg, setup, send, candidates, rank)
 
 
 def _permanent_worker_fn(loop_config: dict) -> None:
@@ -244,33 +243,33 @@ def _permanent_worker_fn(loop_config: dict) -> None:
         raise permanent from None
 
 
-def _run_torchtrainer_trial(config: dict, setup: dict) -> None:
-    from ray import train, tune
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+def _run_torchtrainer_trial(config: dict, setup: TrialSetup) -> None:
+    from ray import train, tune  # in the trial only (see the module's docstring)
+    from ray.train.torch import TorchConfig, TorchTrainer  # in the trial only
+    from ray.tune.integration.ray_train import TuneReportCallback  # in the trial only
 
-    res: dict[str, float] = {"CPU": setup["cpus_per_worker"]}
-    if setup["use_gpu"]:
-        res["GPU"] = setup["gpus_per_worker"]
+    res: dict[str, float] = {"CPU": setup.cpus_per_worker}
+    if setup.use_gpu:
+        res["GPU"] = setup.gpus_per_worker
     trial_id = tune.get_context().get_trial_id()
-    if setup.get("local_cluster"):
+    if setup.local_cluster:
         # Train's preemption watcher polls for nodes being drained (spot instances); a local Ray has none, and its
         # extra process would start just while the workers set up (benchmarks/trial_overhead.py).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = _lean(TorchTrainer)(
         _permanent_worker_fn,
         train_loop_config={"config": config, "setup": setup},
-        torch_config=TorchConfig(backend="nccl" if setup["use_gpu"] else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if setup.use_gpu else "gloo"),
         scaling_config=train.ScalingConfig(
-            num_workers=setup["workers"], use_gpu=bool(setup["use_gpu"]), resources_per_worker=res,
-            placement_strategy=setup.get("placement_strategy", "PACK"),
+            num_workers=setup.workers, use_gpu=setup.use_gpu, resources_per_worker=res,
+            placement_strategy=setup.placement_strategy,
         ),
         run_config=train.RunConfig(
             # A stable name lets a re-run trial (driver restarted) find and resume the same Train run.
             name=f"train-{trial_id}",
-            storage_path=setup["storage_path"],
-            failure_config=train.FailureConfig(max_failures=setup["max_failures"]),
-            checkpoint_config=train.CheckpointConfig(num_to_keep=setup["keep_checkpoints"]),
+            storage_path=setup.storage_path,
+            failure_config=train.FailureConfig(max_failures=setup.max_failures),
+            checkpoint_config=train.CheckpointConfig(num_to_keep=setup.keep_checkpoints),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -286,10 +285,10 @@ def _run_torchtrainer_trial(config: dict, setup: dict) -> None:
 def _lean(trainer_cls):
     """``trainer_cls`` without Train's placement-group cleaner: a detached actor, started with every fit, that
     polls the State API to remove the workers' placement group when the controller dies. The sweep driver does
-    that itself (ternsearch.tuner.ReleaseTrainResources), and the cleaner's process start and blocking
+    that itself (ternsearch.run.tuner.ReleaseTrainResources), and the cleaner's process start and blocking
     registration sit on every DDP trial's way to its first step. Checked against ray 2.60; if Train's internals
     move, the full trainer is used."""
-    try:
+    try:  # in the trial only (see the module's docstring); Train's internals, which may move
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:
         return trainer_cls
@@ -314,9 +313,9 @@ def _permanent_aware_policy():
     missing, a config the trial cannot build...) is not restarted: every restart would fail the same way, ~13 s
     each on 2 cores. Crashes and lost workers are retried as before. Checked against ray 2.60; if Train's
     internals move, the default policy is used."""
-    try:
+    try:  # in the trial only (see the module's docstring); Train's internals, which may move
         from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
-        from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+        from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision  # as above
     except ImportError:
         return None
 
@@ -330,19 +329,17 @@ def _permanent_aware_policy():
 
 
 def _quiet_logs() -> None:
-    import logging
-
     # Tune and Train log every checkpoint and every report at INFO from every trial and worker, and Ray
     # forwards those lines to the sweep's terminal; our own progress lines say the same thing once.
     for name in ("ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def train_driver_fn(config: dict, setup: dict) -> None:
+def train_driver_fn(config: dict, setup: TrialSetup) -> None:
     """The Tune trial: run the loop here (function mode) or through a TorchTrainer (DDP)."""
     _quiet_logs()
     try:
-        if setup["mode"] == "function":
+        if setup.mode == "function":
             _run_function_trial(config, setup)
         else:
             _run_torchtrainer_trial(config, setup)

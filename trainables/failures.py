@@ -3,14 +3,22 @@ run reports when it fails that way. Torch-free, so the sweep driver and reports 
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Optional
+
+try:
+    import resource
+except ImportError:  # not POSIX: no memory cap (cap_memory_from_env, a test's fault injection, is Linux-only)
+    resource = None
+
+from trainables.errors import TrainablesError
 
 __all__ = ["DivergedError", "OutOfMemoryError", "PermanentTrialError", "TrialFailure", "as_permanent",
            "exception_line", "failure_reason", "find_permanent", "root_cause", "without_permanent_prefix"]
 
 
-class TrialFailure(RuntimeError):
+class TrialFailure(TrainablesError, RuntimeError):
     """A failure that would happen again if the run were retried from its checkpoint: a sweep reports it as the
     trial's end (failed, with this reason) instead of retrying."""
 
@@ -40,10 +48,10 @@ class OutOfMemoryError(TrialFailure):
         return (OutOfMemoryError, (self.reason, self.epoch))
 
 
-class PermanentTrialError(RuntimeError):
+class PermanentTrialError(TrainablesError, RuntimeError):
     """A trial failed in a way a retry cannot fix (data missing or corrupt, a config it cannot build, an import
     error, a weight source that does not exist, or a ``TrialFailure``): the sweep ends the trial at once instead
-    of retrying it (``ternsearch.failfast``). Retries are for crashes and lost workers, which never raise here.
+    of retrying it (``ternsearch.run.failfast``). Retries are for crashes and lost workers, which never raise here.
     ``reason`` is one line: ``DataError: CIFAR-10 data folder X does not exist ...``."""
 
     def __init__(self, reason: str, kind: str = ""):
@@ -168,10 +176,6 @@ def cap_memory_from_env() -> Optional[int]:
     segment (RLIMIT_DATA, which malloc'd and mmap'd memory count against) at its current size plus that many
     MB, so that a run needing more fails with a real allocation error, as on a machine with little memory.
     Returns the cap in bytes, or None."""
-    import os
-    import re
-    import resource
-
     extra = os.environ.get(MEMORY_CAP_ENV)
     if not extra:
         return None

@@ -20,7 +20,7 @@ def import_mlflow_pytorch():
         root = logging.getLogger()
         level, handlers = root.level, list(root.handlers)
         try:
-            import mlflow.pytorch
+            import mlflow.pytorch  # MLflow and torch only for who logs or loads a model: importing this is free
         finally:
             root.setLevel(level)
             root.handlers[:] = handlers

@@ -1,4 +1,4 @@
-"""The model registry: CIFAR-sized (32x32 input) networks, ternarized according to a ``ModelConfig``.
+"""The built-in models: CIFAR-sized (32x32 input) networks, ternarized according to a ``ModelConfig``.
 
 Every model names its first layer and its classifier in a class attribute ``layer_roles`` ("stem", "head"),
 which ``ternary.ternarize`` resolves so a spec can say ``full_precision_layers: [stem, head]`` whatever the
@@ -8,35 +8,15 @@ so a resumed run replays exactly.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from trainables.config import ModelConfig
+from trainables.registry import get_builder, model_names, register
 from trainables.ternary import ternarize
 
-__all__ = ["build_model", "model_names", "register"]
-
-_REGISTRY: dict[str, Callable[[int], nn.Module]] = {}
-
-
-def register(name: str) -> Callable:
-    """Decorator adding a model factory ``fn(num_classes: int) -> nn.Module`` to the registry under ``name``."""
-
-    def deco(fn: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def model_names() -> tuple[str, ...]:
-    """Return the registered model names, sorted."""
-    return tuple(sorted(_REGISTRY))
+__all__ = ["build_model", "model_names", "register"]  # model_names and register: trainables.registry's
 
 
 def build_model(cfg: ModelConfig, num_classes: int = 10) -> nn.Module:
@@ -53,9 +33,7 @@ def build_model(cfg: ModelConfig, num_classes: int = 10) -> nn.Module:
     Raises:
         ValueError: unknown architecture, quantizer or layer name.
     """
-    if cfg.arch not in _REGISTRY:
-        raise ValueError(f"unknown model {cfg.arch!r} (choose from: {', '.join(model_names())})")
-    model = _REGISTRY[cfg.arch](num_classes)
+    model = get_builder(cfg.arch)(num_classes)
     # ternarize validates full_precision_layers even for "none", so a typo fails the fp32 baseline as well.
     options = {"threshold": cfg.ttq_threshold} if cfg.quantizer == "ttq" else None
     return ternarize(model, cfg.quantizer, cfg.full_precision_layers, options)

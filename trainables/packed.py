@@ -12,6 +12,7 @@ and -Wn for TTQ), four codes a byte, the first in the low bits, in the weight's 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrainConfig
+from trainables.errors import TrainablesError
 from trainables.models import build_model
 from trainables.ternary import ternary_modules
 
@@ -27,7 +29,7 @@ __all__ = ["FORMAT", "PackError", "load_packed", "pack_model", "save_packed", "u
 FORMAT = "ternsearch-packed-v1"
 
 
-class PackError(ValueError):
+class PackError(TrainablesError, ValueError):
     """A model that is not ternary where it should be, or a file that is not a packed model."""
 
 
@@ -83,8 +85,6 @@ def save_packed(model: nn.Module, cfg: TrainConfig, path: str | Path) -> Path:
 def load_packed(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
     """A runnable model (eval mode) from a ``.tern`` file, and its config. Its ternary layers use the unpacked
     weights as they are (``quantize`` off), so inference does no quantization work."""
-    import pickle
-
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # not ours, truncated, or not plain data

@@ -18,12 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.checkpoint import RUN_CHECKPOINTS, CheckpointError, latest_checkpoint, load_checkpoint
+from trainables.errors import TrainablesError
+from trainables.mlflow_compat import import_mlflow_pytorch
+from trainables.restore import model_from_checkpoint
 from trainables.ternary import ternary_modules
 
 __all__ = ["RecipeError", "distill_loss", "load_teacher", "quant_mix", "set_quant_mix", "warm_start"]
 
 
-class RecipeError(ValueError):
+class RecipeError(TrainablesError, ValueError):
     """A weight source that cannot be read, or that does not fit the model. ``key`` names the config key that
     gave the source (``model.init_from``, ``train.distill_from``) when the check knows it."""
 
@@ -51,11 +54,7 @@ def _checkpoint_dir(source: str) -> Path:
 
 def _load_module(source: str) -> nn.Module:
     if _is_mlflow_uri(source):
-        from trainables.mlflow_compat import import_mlflow_pytorch
-
         return import_mlflow_pytorch().load_model(source, map_location="cpu")
-    from trainables.loop import model_from_checkpoint
-
     try:
         model, _ = model_from_checkpoint(_checkpoint_dir(source))
     except CheckpointError as exc:

@@ -128,8 +128,8 @@ def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) ->
     Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.results.outputs``)."""
     # torch: only for --packed (export of a train config, like the sweep's best.yaml, runs without it)
     import torch
-    from trainables.loop import model_from_checkpoint  # torch, as above
     from trainables.packed import PackError, save_packed  # torch, as above
+    from trainables.restore import model_from_checkpoint  # torch, as above
 
     check_output(output, results_dir, REGENERABLE["packed"])
     _, best = chosen_trial(results_dir, pick)

@@ -166,8 +166,11 @@ def evaluate_test(ckpt: Optional[Path]) -> dict[str, float]:
     """Test-set loss and accuracy of the model in checkpoint ``ckpt`` (read only here, never during search)."""
     if ckpt is None:
         raise TernsearchError("no checkpoint was written; nothing to evaluate")
-    from trainables.loop import evaluate, model_from_checkpoint, pick_device  # torch
-    from trainables.data import load_test  # torch
+    # torch: only once a run has a checkpoint to evaluate
+    from trainables.data import load_test
+    from trainables.device import pick_device
+    from trainables.evaluate import evaluate
+    from trainables.restore import model_from_checkpoint
 
     device = pick_device()
     model, cfg = model_from_checkpoint(ckpt, device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import optuna
 from ray import tune
@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 from trainables.entry import train_driver_fn
 from trainables.failures import failure_reason
+from trainables.setup import TrialSetup
 
 from ternsearch.run.failfast import no_retry_for_permanent_errors
 from ternsearch.spec.space import DefineByRun, make_sampler
@@ -113,26 +114,26 @@ def experiment_path(storage_path: str, name: str) -> str:
     return f"{sweep_storage(storage_path, name)}/{TUNE_DIR}"
 
 
-def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> dict[str, Any]:
+def trial_setup(spec: SweepSpec, plan: Plan, storage_path: str) -> TrialSetup:
     """What every trial needs besides the searcher's values (passed once through the object store)."""
-    return {
-        "base": spec.base_config().model_dump(mode="json"),
-        "mode": plan.mode,
-        "workers": plan.workers,
-        "use_gpu": plan.use_gpu,
-        "cpus_per_worker": plan.cpus_per_worker,
-        "gpus_per_worker": plan.gpus_per_worker,
+    return TrialSetup(
+        base=spec.base_config().model_dump(mode="json"),
+        mode=plan.mode,
+        workers=plan.workers,
+        use_gpu=plan.use_gpu,
+        cpus_per_worker=plan.cpus_per_worker,
+        gpus_per_worker=plan.gpus_per_worker,
         # Train runs of DDP trials live beside the Tune experiment, inside the sweep's directory.
-        "storage_path": sweep_storage(storage_path, spec.name),
-        "trial_dir_root": f"{experiment_path(storage_path, spec.name)}",
-        "max_failures": spec.failure.max_failures,
-        "keep_checkpoints": spec.failure.keep_checkpoints,
+        storage_path=sweep_storage(storage_path, spec.name),
+        trial_dir_root=f"{experiment_path(storage_path, spec.name)}",
+        max_failures=spec.failure.max_failures,
+        keep_checkpoints=spec.failure.keep_checkpoints,
         # A trial's DDP ranks on as few nodes as possible (NVLink / shared memory, not NCCL over TCP), whatever
         # the storage: shared storage lets trials spread over nodes, which Tune does trial by trial anyway.
-        "placement_strategy": "PACK",
-        "objectives": [[m.name, m.mode] for m in spec.objectives],
-        "local_cluster": plan.local,
-    }
+        placement_strategy="PACK",
+        objectives=[(m.name, m.mode) for m in spec.objectives],
+        local_cluster=plan.local,
+    )
 
 
 def prestart_train_services() -> None:

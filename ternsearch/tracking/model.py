@@ -68,7 +68,7 @@ def log_best_model(client, uri: str, experiment_id: str, parent_run_id: str, chi
     Returns the model's URI (``models:/<name>/<version>``)."""
     # torch: only once the best model is logged, at the end of a sweep
     from trainables.checkpoint import read_manifest
-    from trainables.loop import model_from_checkpoint  # torch, as above
+    from trainables.restore import model_from_checkpoint  # torch, as above
 
     model, cfg = model_from_checkpoint(checkpoint_dir)
     manifest = read_manifest(checkpoint_dir)
@@ -113,7 +113,7 @@ def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, f
     ckpt = retrain_checkpoint(final, output)
     if ckpt is None:
         return None
-    from trainables.loop import model_from_checkpoint  # torch: only once a retrained model is logged
+    from trainables.restore import model_from_checkpoint  # torch: only once a retrained model is logged
 
     model, cfg = model_from_checkpoint(ckpt)
     origin = tf.origin
