@@ -62,6 +62,7 @@ def importances(results: Results, table: pd.DataFrame, method: Literal["fanova",
     compared); failed trials do not. These evaluators only assess parameters every counted trial has, so a
     conditional parameter switched off in some trials is listed in ``excluded``, as is one with one value.
     """
+    # optuna takes about a second to import: only when a report assesses importance
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, MeanDecreaseImpurityImportanceEvaluator
 
@@ -73,35 +74,13 @@ def importances(results: Results, table: pd.DataFrame, method: Literal["fanova",
         return Importance(name, {}, n, message=f"needs at least 2 finished trials with {results.metric} "
                                                f"(this sweep has {n})")
     rows = [{p.name: _value(r[PARAM_PREFIX + p.name]) for p in results.params} for _, r in done.iterrows()]
-    excluded, assessed, dists = {}, [], {}
-    for p in results.params:
-        seen = [r[p.name] for r in rows if r[p.name] is not None]
-        dist = _distribution(p)
-        if not all(_contains(dist, v) for v in seen):  # the spec changed since the sweep: use what was seen
-            dist = _distribution(infer_param(p.name, seen))
-        dists[p.name] = dist
-        if len(seen) < n:
-            excluded[p.name] = f"conditional: set in {len(seen)} of {n} trials"
-        elif len({repr(v) for v in seen}) < 2:
-            excluded[p.name] = "one value in every trial"
-        else:
-            assessed.append(p.name)
+    excluded, assessed, dists = _assessable(results.params, rows, n)
     if not assessed:
         return Importance(name, {}, n, excluded, "no parameter varies across all finished trials")
     values = done[col].astype(float).tolist()
     if max(values) == min(values):
         return Importance(name, {}, n, excluded, f"every finished trial has the same {results.metric}")
-    direction = "maximize" if results.maximize else "minimize"
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
-    try:
-        study = optuna.create_study(direction=direction)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    study.add_trials([optuna.trial.create_trial(
-        params={k: v for k, v in r.items() if v is not None},
-        distributions={k: dists[k] for k, v in r.items() if v is not None}, value=v)
-        for r, v in zip(rows, values)])
+    study = _study("maximize" if results.maximize else "minimize", rows, values, dists)
     evaluator = (FanovaImportanceEvaluator if method == "fanova" else MeanDecreaseImpurityImportanceEvaluator)(
         seed=seed)
     try:
@@ -116,3 +95,38 @@ def importances(results: Results, table: pd.DataFrame, method: Literal["fanova",
     if not total or not math.isfinite(total):
         return Importance(name, {}, n, excluded, f"{name} found no effect of any parameter")
     return Importance(name, {k: float(v) / float(total) for k, v in result.items()}, n, excluded)
+
+
+def _assessable(params, rows: list[dict], n: int) -> tuple[dict, list, dict]:
+    """(excluded with why, the parameters to assess, each one's distribution) over ``n`` finished trials."""
+    excluded, assessed, dists = {}, [], {}
+    for p in params:
+        seen = [r[p.name] for r in rows if r[p.name] is not None]
+        dist = _distribution(p)
+        if not all(_contains(dist, v) for v in seen):  # the spec changed since the sweep: use what was seen
+            dist = _distribution(infer_param(p.name, seen))
+        dists[p.name] = dist
+        if len(seen) < n:
+            excluded[p.name] = f"conditional: set in {len(seen)} of {n} trials"
+        elif len({repr(v) for v in seen}) < 2:
+            excluded[p.name] = "one value in every trial"
+        else:
+            assessed.append(p.name)
+    return excluded, assessed, dists
+
+
+def _study(direction: str, rows: list[dict], values: list[float], dists: dict):
+    """An in-memory Optuna study holding the finished trials (a parameter a trial did not set is left out)."""
+    import optuna  # as in importances
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+    try:
+        study = optuna.create_study(direction=direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials([optuna.trial.create_trial(
+        params={k: v for k, v in r.items() if v is not None},
+        distributions={k: dists[k] for k, v in r.items() if v is not None}, value=v)
+        for r, v in zip(rows, values)])
+    return study
