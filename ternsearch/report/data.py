@@ -23,7 +23,7 @@ from ternsearch.results.best import pareto_front
 from ternsearch.results.export import load_results_meta
 from ternsearch.results.files import read_history, read_trials
 from ternsearch.spec.space import ordered
-from ternsearch.spec.sweepfile import Param, load_spec
+from ternsearch.spec import Param, load_spec
 
 __all__ = ["Results", "Curve", "load_results", "trial_table", "best_so_far", "optimization_history",
            "learning_curves", "pareto_front", "sparsity_tradeoff", "layer_sparsity", "parallel_dimensions",
