@@ -19,8 +19,8 @@ from trainables.failures import failure_reason
 from trainables.setup import TrialSetup
 
 from ternsearch.run.failfast import no_retry_for_permanent_errors
-from ternsearch.spec.space import DefineByRun, make_sampler
 from ternsearch.spec import SweepSpec
+from ternsearch.spec.space import DefineByRun, make_sampler
 
 __all__ = ["Plan", "ReleaseTrainResources", "make_plan", "trial_bundles", "build_tuner", "restore_tuner", "trial_setup",
            "sweep_storage", "experiment_path"]
