@@ -16,7 +16,7 @@ from ternsearch.errors import TernsearchError
 from ternsearch.results.export import export_command
 from ternsearch.run.sweep import sweep_command
 from ternsearch.run.train import train_file
-from ternsearch.spec.sweepfile import load_spec, load_train_file
+from ternsearch.spec import load_spec, load_train_file
 from ternsearch.spec.yamlsrc import load_located
 from ternsearch.tracking.train_runs import log_single_run
 from ternsearch.tracking.ui import ui_command

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ternsearch.report.data import Results
-from ternsearch.spec.sweepfile import Param
+from ternsearch.spec import Param
 
 SPEC = """\
 name: {name}

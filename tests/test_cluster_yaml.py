@@ -102,7 +102,7 @@ def test_cpu_head_and_spot_gpu_workers(cfg):
 def test_cifar10_sweep_file_fits_this_cluster(cfg):
     """search_spaces/cifar10.yaml is the sweep for this cluster: its driver resource is the head's, its
     tracking server is the one the head starts, and a trial fits the cluster at full size."""
-    from ternsearch.spec.sweepfile import load_spec
+    from ternsearch.spec import load_spec
     from ternsearch.run.cluster import launcher_nodes, total_resources
     from ternsearch.run.tuner import make_plan
 

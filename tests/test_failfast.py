@@ -113,7 +113,7 @@ def test_guard_lets_the_sweep_go_on(case):
 
 
 def test_data_folder_from_the_environment_is_pinned_where_the_command_runs(tmp_path, monkeypatch):
-    from ternsearch.spec.sweepfile import load_spec
+    from ternsearch.spec import load_spec
 
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text("name: s\nsearch:\n  lr: {loguniform: [0.01, 0.1]}\n")

@@ -271,7 +271,7 @@ def test_resources_return_after_asha_stops_ddp_trials(tmp_path, data_root):
     back (Ray Train V2 once leaked the placement groups of stopped trials)."""
     import ray
 
-    from ternsearch.spec.sweepfile import load_spec
+    from ternsearch.spec import load_spec
     from ternsearch.run.sweep import run_sweep
 
     path = tmp_path / "pg.yaml"

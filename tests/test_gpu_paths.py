@@ -74,7 +74,7 @@ def test_ttq_with_delayed_quantization_trains_under_ddp(data_root):
 
 def test_shared_storage_packs_a_trials_ranks(tmp_path):
     """Item 5: a DDP trial's ranks go on as few nodes as possible, shared storage or not."""
-    from ternsearch.spec.sweepfile import load_spec
+    from ternsearch.spec import load_spec
     from ternsearch.run.tuner import make_plan, trial_setup
 
     spec_file = tmp_path / "ddp.yaml"

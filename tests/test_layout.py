@@ -174,6 +174,15 @@ def heavy_modules(modules: dict[str, Module]) -> set[str]:
     return heavy
 
 
+def _commented(lines: list[str], i: int) -> bool:
+    """A comment on the import's line, on another line of its group of imports, or on the line above the group."""
+    while i >= 0 and lines[i].lstrip().startswith(("from ", "import ")):
+        if "#" in lines[i]:
+            return True
+        i -= 1
+    return i >= 0 and "#" in lines[i]
+
+
 def local_import_findings(modules: dict[str, Module]) -> list[str]:
     heavy = heavy_modules(modules)
     findings = []
@@ -182,7 +191,7 @@ def local_import_findings(modules: dict[str, Module]) -> list[str]:
             where = f"{m.path.relative_to(ROOT)}:{line}: import of {target} inside a function"
             if not (target in heavy if internal else target.split(".")[0] in HEAVY):
                 findings.append(f"{where}: it is not heavy, import it at the top")
-            elif not any("#" in m.lines[i] for i in (line - 1, line - 2) if 0 <= i < len(m.lines)):
+            elif not _commented(m.lines, line - 1):
                 findings.append(f"{where}: say why in a comment (which start-up path it keeps light)")
     return findings
 

@@ -22,7 +22,7 @@ import yaml
 from helpers_cluster import LocalRayCluster, MLflowServer, kill_tree
 
 from ternsearch.errors import PreflightError
-from ternsearch.spec.sweepfile import load_spec
+from ternsearch.spec import load_spec
 
 
 def slow_ray(fn):

@@ -19,7 +19,7 @@ from ternsearch.cli import main
 from ternsearch.results.outputs import REGENERABLE, check_output
 from ternsearch.results.location import spec_digest
 from ternsearch.results.files import SWEEP
-from ternsearch.spec.sweepfile import load_spec
+from ternsearch.spec import load_spec
 
 NAME = "rec"
 SPEC = """\

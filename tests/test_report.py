@@ -17,7 +17,7 @@ from ternsearch.report.data import (PARAM_PREFIX, best_so_far, layer_sparsity, l
                                     sparsity_tradeoff, trial_table)
 from ternsearch.report.importance import importances
 from ternsearch.tracking.links import mlflow_links
-from ternsearch.spec.sweepfile import Param
+from ternsearch.spec import Param
 
 # ---------------------------------------------------------------------------------------------- pure functions
 def test_pareto_front_keeps_ties_and_drops_dominated_points():

@@ -38,7 +38,7 @@ def _export(tmp_path: Path, *extra: str) -> tuple[str, dict]:
 
 
 def test_export_trains_on_all_50000_training_images_by_default(tmp_path, data_root):
-    from ternsearch.spec.sweepfile import load_train_file
+    from ternsearch.spec import load_train_file
     from trainables.data import load_cifar10, split_indices
 
     text, doc = _export(tmp_path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from ternsearch.spec.sweepfile import load_spec
+from ternsearch.spec import load_spec
 from ternsearch.run.tuner import _searcher_and_scheduler, make_plan
 
 SPEC = """\

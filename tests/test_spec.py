@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ternsearch.spec.sweepfile import load_spec, load_train_file
+from ternsearch.spec import load_spec, load_train_file
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = REPO / "tests" / "bad_specs"

@@ -15,7 +15,7 @@ from pathlib import Path
 from ternsearch.tracking.store import check_reachable, default_tracking_uri
 from ternsearch.run.preflight import check_environment
 from ternsearch.results.location import resolve_storage
-from ternsearch.spec.sweepfile import load_spec
+from ternsearch.spec import load_spec
 from ternsearch.run.sweep import check_results
 spec = load_spec(sys.argv[1])
 storage = resolve_storage(spec, None)

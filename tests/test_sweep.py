@@ -111,7 +111,7 @@ def test_export_then_retrain_registers_the_model(sweep, data_root, monkeypatch):
     import torch
     import yaml
 
-    from ternsearch.spec.sweepfile import load_train_file
+    from ternsearch.spec import load_train_file
     from trainables.augment import normalize
     from trainables.data import load_cifar10, split_indices
     from trainables.packed import load_packed

@@ -18,7 +18,7 @@ from helpers_tracking import make_tracker as _tracker, result_at as _result, ste
 
 
 def test_log_single_run(tmp_path, store):
-    from ternsearch.spec.sweepfile import TrainFile
+    from ternsearch.spec import TrainFile
 
     uri = default_tracking_uri(store, None)
     out = tmp_path / "run"
@@ -77,7 +77,7 @@ def test_log_single_run_registers_the_evaluated_model(tmp_path, store, monkeypat
     import torch
 
     from trainables.packed import load_packed
-    from ternsearch.spec.sweepfile import TrainFile
+    from ternsearch.spec import TrainFile
 
     uri = default_tracking_uri(store, None)
     out, models = _retrain_dir(tmp_path)

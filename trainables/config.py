@@ -49,6 +49,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Strict = _Strict  # the same rules for ternsearch.spec's own sections (unknown keys rejected, frozen)
+
+
 class MetricConfig(_Strict):
     """The metric a run optimizes (early stopping, best checkpoint, the search)."""
 

@@ -18,12 +18,12 @@ import pandas as pd
 from trainables.failures import failure_reason
 
 from ternsearch.errors import SpecError
-from ternsearch.results.best import finite as _finite
+from ternsearch.numbers import fmt_number, is_number
 from ternsearch.results.best import pareto_front
 from ternsearch.results.export import load_results_meta
 from ternsearch.results.files import read_history, read_trials
+from ternsearch.spec import Param, load_spec
 from ternsearch.spec.space import ordered
-from ternsearch.spec.sweepfile import Param, load_spec
 
 __all__ = ["Results", "Curve", "load_results", "trial_table", "best_so_far", "optimization_history",
            "learning_curves", "pareto_front", "sparsity_tradeoff", "layer_sparsity", "parallel_dimensions",
@@ -55,7 +55,7 @@ class Results:
 def infer_param(name: str, seen: Sequence[Any]) -> Param:
     """A Param guessed from the values a parameter took (when spec.yaml is gone, unreadable or changed)."""
     seen = [v for v in seen if v is not None]
-    if seen and all(_finite(v) for v in seen):
+    if seen and all(is_number(v) for v in seen):
         return Param(name, "uniform", low=min(seen), high=max(seen))
     return Param(name, "choice", choices=tuple(dict.fromkeys(seen)))
 
@@ -76,7 +76,7 @@ def load_results(results_dir: str | Path) -> Results:
 
 def trial_label(number: Any) -> str:
     """``t003``: the trial's number (order of start, from 0)."""
-    return f"t{int(number):03d}" if _finite(number) else "t?"
+    return f"t{int(number):03d}" if is_number(number) else "t?"
 
 
 def _epochs_of(results: Results) -> dict[str, list[dict]]:
@@ -101,18 +101,18 @@ def trial_table(results: Results) -> pd.DataFrame:
     for tid, t in results.trials.items():
         epochs = per_trial[tid]
         last = epochs[-1] if epochs else ({} if failure_reason(t.get("last", {})) else t.get("last", {}))
-        values = [(r[metric], r.get("epoch")) for r in epochs if _finite(r.get(metric))]
+        values = [(r[metric], r.get("epoch")) for r in epochs if is_number(r.get(metric))]
         best = (max if results.maximize else min)(values, key=lambda x: x[0]) if values else (None, None)
         ended = t.get("ended") or (epochs[-1].get("time") if epochs else None)
         row = {
             "number": t.get("number"), "trial": trial_label(t.get("number")), "trial_id": tid,
             "status": t.get("status"), "reason": t.get("reason") or "", "epochs": t.get("epochs", len(epochs)),
             "stop_epoch": t.get("epochs") if t.get("status") == "stopped" else None,
-            f"final_{metric}": last.get(metric) if _finite(last.get(metric)) else None,
+            f"final_{metric}": last.get(metric) if is_number(last.get(metric)) else None,
             f"best_{metric}": best[0], "best_epoch": best[1],
             "ternary_zero_frac": last.get("ternary_zero_frac"),
             "wall_seconds": t.get("wall_seconds"),
-            "ended_after_s": ended - started if _finite(ended) and _finite(started) else None,
+            "ended_after_s": ended - started if is_number(ended) and is_number(started) else None,
             "node_id": t.get("node_id"), "hostname": t.get("hostname"),
         }
         for p in results.params:
@@ -144,7 +144,7 @@ def best_so_far(values: Sequence[Optional[float]], maximize: bool = True) -> lis
     """The running best of ``values`` (NaN until the first finite value; NaN and None are skipped)."""
     out, best = [], math.nan
     for v in values:
-        if v is not None and _finite(float(v)):
+        if v is not None and is_number(float(v)):
             best = v if math.isnan(best) else (max(best, v) if maximize else min(best, v))
         out.append(float(best))
     return out
@@ -187,8 +187,8 @@ def learning_curves(results: Results, metric: Optional[str] = None) -> list[Curv
     per_trial = _epochs_of(results)
     curves = []
     for tid, t in sorted(results.trials.items(), key=lambda kv: (kv[1].get("number") is None, kv[1].get("number"))):
-        pts = [(int(r["epoch"]), float(r[metric])) for r in per_trial[tid] if _finite(r.get(metric))
-               and _finite(r.get("epoch"))]
+        pts = [(int(r["epoch"]), float(r[metric])) for r in per_trial[tid] if is_number(r.get(metric))
+               and is_number(r.get("epoch"))]
         cut = t.get("epochs") if t.get("status") in ("stopped", "failed") else None
         curves.append(Curve(tid, t.get("number"), t.get("status", "running"), t.get("reason") or "",
                             tuple(e for e, _ in pts), tuple(v for _, v in pts), cut))
@@ -217,15 +217,11 @@ def layer_sparsity(results: Results, trial_id: str) -> pd.DataFrame:
     layers: dict[str, dict] = {}
     for key, value in last.items():
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "ternary" and _finite(value):
+        if len(parts) == 3 and parts[0] == "ternary" and is_number(value):
             layers.setdefault(parts[1], {})[parts[2]] = float(value)
     cols = ["neg_frac", "zero_frac", "pos_frac", "scale"]
     return pd.DataFrame([{**{c: v.get(c, math.nan) for c in cols}, "layer": k} for k, v in layers.items()],
                         columns=["layer"] + cols)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _axis(p: Param, raw: list) -> dict:
@@ -233,20 +229,20 @@ def _axis(p: Param, raw: list) -> dict:
     A trial without the parameter (a condition switched it off) sits on an ``n/a`` tick below the others."""
     present = [v for v in raw if v is not None]
     missing = len(present) < len(raw)
-    if p.kind == "choice" or not all(_finite(v) for v in present):
+    if p.kind == "choice" or not all(is_number(v) for v in present):
         cats = list(p.choices) + [v for v in dict.fromkeys(present) if v not in p.choices]
         codes = {c: i for i, c in enumerate(cats)}
         values = [codes[v] if v is not None else -1 for v in raw]
-        tickvals, ticktext = list(range(len(cats))), [_fmt(c) for c in cats]
+        tickvals, ticktext = list(range(len(cats))), [fmt_number(c, 3) for c in cats]
     else:
         log = p.kind == "loguniform" or p.log
-        lo = float(p.low) if _finite(p.low) else min(present, default=0.0)
-        hi = float(p.high) if _finite(p.high) else max(present, default=1.0)
+        lo = float(p.low) if is_number(p.low) else min(present, default=0.0)
+        hi = float(p.high) if is_number(p.high) else max(present, default=1.0)
         f = (lambda x: math.log10(x)) if log and lo > 0 else float
         a, b = f(lo), f(hi)
         values = [f(v) if v is not None else None for v in raw]
         ticks = [a + (b - a) * k / 4 for k in range(5)] if b > a else [a]
-        tickvals, ticktext = ticks, [_fmt(10 ** t if f is not float else t) for t in ticks]
+        tickvals, ticktext = ticks, [fmt_number(10 ** t if f is not float else t, 3) for t in ticks]
         na = a - 0.15 * (b - a or 1.0)
         values = [na if v is None else v for v in values]
         if missing:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from ternsearch.report.data import FINISHED, PARAM_PREFIX, Results, infer_param
-from ternsearch.spec.sweepfile import Param
+from ternsearch.spec.space import distribution
 
 __all__ = ["Importance", "importances", "METHODS"]
 
@@ -28,16 +28,6 @@ class Importance:
     n_trials: int
     excluded: dict = field(default_factory=dict)
     message: str = ""
-
-
-def _distribution(p: Param):
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if p.kind == "choice":
-        return CategoricalDistribution(list(p.choices))
-    if p.kind == "int":
-        return IntDistribution(int(p.low), int(p.high), step=int(p.step or 1), log=bool(p.log))
-    return FloatDistribution(float(p.low), float(p.high), step=p.step, log=p.kind == "loguniform" or p.log)
 
 
 def _contains(dist, v: Any) -> bool:
@@ -102,9 +92,9 @@ def _assessable(params, rows: list[dict], n: int) -> tuple[dict, list, dict]:
     excluded, assessed, dists = {}, [], {}
     for p in params:
         seen = [r[p.name] for r in rows if r[p.name] is not None]
-        dist = _distribution(p)
+        dist = distribution(p)
         if not all(_contains(dist, v) for v in seen):  # the spec changed since the sweep: use what was seen
-            dist = _distribution(infer_param(p.name, seen))
+            dist = distribution(infer_param(p.name, seen))
         dists[p.name] = dist
         if len(seen) < n:
             excluded[p.name] = f"conditional: set in {len(seen)} of {n} trials"

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import pandas as pd
 
+from ternsearch.numbers import fmt_number
 from ternsearch.results.export import load_results_meta
 from ternsearch.results.outputs import REGENERABLE, check_output
 from ternsearch.report.data import (PARAM_PREFIX, Results, learning_curves, layer_sparsity, load_results,
@@ -34,11 +35,10 @@ _LAYOUT = dict(template="plotly_white", height=430, margin=dict(l=60, r=30, t=70
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
+    """A table cell: blank where a trial has no value (None, NaN, pandas' NA), else the number or word."""
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
         return ""
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
+    return fmt_number(v, digits)
 
 
 def _empty(title: str, message: str):

@@ -3,15 +3,11 @@ front (``pareto_trials``). The sweep's summary, ``export`` and the report's rank
 
 from __future__ import annotations
 
-import math
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-__all__ = ["best_trial", "pareto_front", "pareto_trials", "finite"]
+from ternsearch.numbers import is_number
 
-
-def finite(v: Any) -> bool:
-    """A real, finite number (not a bool, NaN or infinity)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+__all__ = ["best_trial", "pareto_front", "pareto_trials"]
 
 
 def best_trial(trials: dict, metric: str, mode: str, objectives: Optional[list] = None) -> Optional[dict]:
@@ -50,7 +46,7 @@ def pareto_front(points: Sequence[Sequence[float]], maximize: Sequence[bool] = (
     """
     sign = [1.0 if m else -1.0 for m in maximize]
     pts = [(i, [s * float(x) for s, x in zip(sign, p)]) for i, p in enumerate(points)
-           if len(p) == len(sign) and all(finite(float(x)) for x in p)]
+           if len(p) == len(sign) and all(is_number(float(x)) for x in p)]
 
     def dominates(a, b):
         return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))

@@ -16,7 +16,7 @@ from ternsearch.results.files import SWEEP, read_trials
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage
 from ternsearch.results.outputs import REGENERABLE, check_output, same_file
 from ternsearch.spec.describe import data_line
-from ternsearch.spec.sweepfile import load_spec
+from ternsearch.spec import load_spec
 
 __all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
 

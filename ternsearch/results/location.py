@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ternsearch.errors import ResultsError
-from ternsearch.spec.sweepfile import SweepSpec
+from ternsearch.spec import SweepSpec
 
 __all__ = ["resolve_storage", "records_dir", "spec_digest", "check_same_spec"]
 

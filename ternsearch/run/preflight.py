@@ -10,7 +10,7 @@ from trainables.datafiles import DataError, check_data
 
 from ternsearch.errors import PreflightError
 from ternsearch.results.outputs import unwritable
-from ternsearch.spec.sweepfile import SweepSpec
+from ternsearch.spec import SweepSpec
 
 __all__ = ["check_environment", "check_inputs", "local_resources", "check_fits", "check_one_node"]
 

@@ -7,6 +7,7 @@ import time
 
 from ray import tune
 
+from ternsearch.numbers import fmt_number
 from ternsearch.run.failfast import permanent_error
 from ternsearch.results.trials import error_text, trial_status
 
@@ -26,7 +27,7 @@ class SweepProgress(tune.Callback):
         print(f"[{time.time() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._say(f"{trial.trial_id} started: " + ", ".join(f"{k}={_fmt(v)}" for k, v in trial.config.items()))
+        self._say(f"{trial.trial_id} started: " + ", ".join(f"{k}={fmt_number(v, 4)}" for k, v in trial.config.items()))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
@@ -36,8 +37,9 @@ class SweepProgress(tune.Callback):
                 self.best = value
         if not self.quiet:
             running = sum(t.status == "RUNNING" for t in trials)
-            self._say(f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {self.metric} {_fmt(value)} "
-                      f"| best {_fmt(self.best)} | running {running}, finished {self.done}/{self.total}")
+            self._say(f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {self.metric} "
+                      f"{fmt_number(value, 4)} | best {fmt_number(self.best, 4)} | running {running}, "
+                      f"finished {self.done}/{self.total}")
 
     def _end(self, trial, errored):
         self.done += 1
@@ -47,8 +49,8 @@ class SweepProgress(tune.Callback):
             self._say(f"{trial.trial_id} failed: {reason} (error file: {trial.error_file}) [{self.done}/{self.total}]")
             return
         value = last.get(self.metric)
-        self._say(f"{trial.trial_id} {status}{' (' + reason + ')' if reason else ''}: {self.metric} {_fmt(value)} "
-                  f"[{self.done}/{self.total}]")
+        self._say(f"{trial.trial_id} {status}{' (' + reason + ')' if reason else ''}: {self.metric} "
+                  f"{fmt_number(value, 4)} [{self.done}/{self.total}]")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, False)
@@ -63,9 +65,3 @@ def _error_line(trial) -> str:
     if error is not None:
         return error.reason
     return error_text(trial)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)

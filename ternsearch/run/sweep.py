@@ -22,8 +22,8 @@ from ternsearch.results.location import check_same_spec, records_dir, resolve_st
 from ternsearch.run.cluster import start_cluster
 from ternsearch.run.preflight import check_environment, check_fits, check_one_node, local_resources
 from ternsearch.run.startup import quiet_libraries, warm_imports
+from ternsearch.spec import SweepSpec, load_spec
 from ternsearch.spec.space import ordered
-from ternsearch.spec.sweepfile import SweepSpec, load_spec
 from ternsearch.tracking.store import copy_redacted, resolve_uri, without_credentials
 
 __all__ = ["sweep_command", "run_sweep", "check_results"]

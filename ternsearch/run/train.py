@@ -14,7 +14,7 @@ from trainables.failures import TrialFailure, cap_memory_from_env
 
 from ternsearch.errors import PreflightError, TernsearchError, TrainingError
 from ternsearch.run.preflight import check_inputs
-from ternsearch.spec.sweepfile import TrainFile
+from ternsearch.spec import TrainFile
 from ternsearch.tracking.store import copy_redacted
 
 __all__ = ["latest_checkpoint", "train_file"]

@@ -19,8 +19,8 @@ from trainables.failures import failure_reason
 from trainables.setup import TrialSetup
 
 from ternsearch.run.failfast import no_retry_for_permanent_errors
+from ternsearch.spec import SweepSpec
 from ternsearch.spec.space import DefineByRun, make_sampler
-from ternsearch.spec.sweepfile import SweepSpec
 
 __all__ = ["Plan", "ReleaseTrainResources", "make_plan", "trial_bundles", "build_tuner", "restore_tuner", "trial_setup",
            "sweep_storage", "experiment_path"]
@@ -40,13 +40,6 @@ class Plan:
     max_epochs: int
     fits: int = 1  # trials the cluster holds at once, node by node (0: a trial fits on no node)
     local: bool = False  # the sweep runs on a Ray it started on this machine (no --address)
-
-
-def _max_epochs(spec: SweepSpec) -> int:
-    p = next((q for q in spec.params if q.name == "epochs"), None)
-    if p is None:
-        return spec.train.epochs
-    return int(max(p.choices) if p.kind == "choice" else p.high)
 
 
 def trial_bundles(spec: SweepSpec, mode: str, use_gpu: bool) -> list[tuple[dict[str, float], int]]:
@@ -93,7 +86,7 @@ def make_plan(spec: SweepSpec, cluster: dict[str, float],
     cap = max(fits, 1)
     concurrent = min(spec.searcher.max_concurrent_trials or cap, cap)
     return Plan(mode, r.workers_per_trial, use_gpu, r.cpus_per_worker, gpus, per_trial,
-                min(concurrent, spec.searcher.num_samples), _max_epochs(spec), fits)
+                min(concurrent, spec.searcher.num_samples), spec.max_epochs, fits)
 
 
 TUNE_DIR = "tune"

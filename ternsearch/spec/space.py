@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
-from ternsearch.spec.sweepfile import Param
+from ternsearch.spec.models import Param
+from ternsearch.spec.params import ordered
 
-__all__ = ["DefineByRun", "make_sampler", "ordered", "grid_size"]
+__all__ = ["DefineByRun", "distribution", "make_sampler", "ordered", "grid_size"]
 
 
-def ordered(params: tuple[Param, ...] | list[Param]) -> list[Param]:
-    """Parents before the parameters that depend on them (conditions only name choice parameters)."""
-    done: list[Param] = []
-    pending = list(params)
-    while pending:
-        ready = [p for p in pending if all(parent in {d.name for d in done} for parent in p.when)]
-        if not ready:  # a cycle; spec validation names the parents, so this is a bug if reached
-            raise ValueError("conditional parameters form a cycle: " + ", ".join(p.name for p in pending))
-        done.extend(ready)
-        pending = [p for p in pending if p not in ready]
-    return done
+def distribution(p: Param):
+    """The Optuna distribution ``p`` samples from (a loguniform is on a log scale whether or not ``p.log`` says
+    so: a Param inferred by the report may not)."""
+    # optuna takes ~1 s to import: only when a sweep builds its searcher or the report assesses importance, never
+    # when a spec loads (ternsearch validate, the sweep's checks before ray.init)
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if p.kind == "choice":
+        return CategoricalDistribution(list(p.choices))
+    if p.kind == "int":
+        return IntDistribution(int(p.low), int(p.high), step=int(p.step or 1), log=bool(p.log))
+    return FloatDistribution(float(p.low), float(p.high), step=p.step, log=p.kind == "loguniform" or p.log)
 
 
 class DefineByRun:
@@ -36,12 +39,13 @@ class DefineByRun:
         for p in self.params:
             if any(values.get(parent, object()) not in allowed for parent, allowed in p.when.items()):
                 continue
+            d = distribution(p)
             if p.kind == "choice":
-                values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+                values[p.name] = trial.suggest_categorical(p.name, d.choices)
             elif p.kind == "int":
-                values[p.name] = trial.suggest_int(p.name, p.low, p.high, step=p.step or 1, log=p.log)
+                values[p.name] = trial.suggest_int(p.name, d.low, d.high, step=d.step, log=d.log)
             else:
-                values[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+                values[p.name] = trial.suggest_float(p.name, d.low, d.high, step=d.step, log=d.log)
         return None
 
 
@@ -55,8 +59,7 @@ def grid_size(params) -> int:
 def make_sampler(algorithm: str, params, seed: int, num_samples: int):
     """TPE (multivariate, constant liar for parallel trials; multi-objective TPE when the study has several
     objectives), NSGA-II, random, or grid; always seeded."""
-    import warnings
-
+    # optuna takes ~1 s to import: only when a sweep builds its searcher, never when a spec loads
     import optuna
 
     # multivariate/group/constant_liar are marked experimental in Optuna; we rely on them knowingly.

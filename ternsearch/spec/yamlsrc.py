@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from ternsearch.errors import SpecError
+from ternsearch.numbers import is_int
 
 __all__ = ["Located", "load_located", "key_path", "show", "did_you_mean", "explain", "explain_first"]
 
@@ -28,7 +29,7 @@ def key_path(path: Path_) -> str:
     """``("search", "lr", "choice", 2)`` -> ``search.lr.choice[2]``."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) and not isinstance(part, bool) else f".{part}" if out else str(part)
+        out += f"[{part}]" if is_int(part) else f".{part}" if out else str(part)
     return out
 
 

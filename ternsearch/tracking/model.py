@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from trainables.mlflow_compat import import_mlflow_pytorch
 
-from ternsearch.tracking.store import (TAG, as_metrics, as_tags, is_number, log_batch, mlflow_console_off,
+from ternsearch.tracking.store import (TAG, as_metrics, as_tags, is_metric_value, log_batch, mlflow_console_off,
                                        pip_requirements, using_tracking_uri)
 
 __all__ = ["RegisteredModel", "log_best_model", "log_registered_model", "log_retrained_model"]
@@ -85,7 +85,7 @@ def log_best_model(client, uri: str, experiment_id: str, parent_run_id: str, chi
     if value is None and child_run_id:
         value = client.get_run(child_run_id).data.metrics.get(metric)
     tags = {TAG["best_trial_id"]: trial_id, "ternsearch.model_uri": model_uri, "ternsearch.best_run_id": child_run_id}
-    metrics = {f"best_{metric}": value} if is_number(value) else {}
+    metrics = {f"best_{metric}": value} if is_metric_value(value) else {}
     log_batch(client, parent_run_id, metrics=as_metrics(metrics, int(manifest.get("epoch") or 0)),
               tags=as_tags(tags))
     if child_run_id:

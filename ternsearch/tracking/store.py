@@ -25,7 +25,7 @@ from ternsearch.errors import TrackingError
 
 __all__ = ["TAG", "as_metrics", "as_params", "as_tags", "brief_http", "check_reachable", "common_tags",
            "configure_http_env", "copy_redacted", "default_tracking_uri", "ensure_sqlite_dir", "flatten_config",
-           "get_or_create_experiment", "is_number", "is_transient", "log_batch", "mlflow_console_off", "now_ms",
+           "get_or_create_experiment", "is_metric_value", "is_transient", "log_batch", "mlflow_console_off", "now_ms",
            "one_line", "outage_reason", "pip_requirements", "quoted", "redact", "resolve_uri", "search_all",
            "sqlite_path", "sqlite_uri", "using_tracking_uri", "without_credentials"]
 
@@ -150,8 +150,9 @@ def _metric_key(key: str) -> str:
     return _BAD_KEY_CHARS.sub("_", key)[:_MAX_KEY]
 
 
-def is_number(v: Any) -> bool:
-    """Whether ``v`` can be an MLflow metric value."""
+def is_metric_value(v: Any) -> bool:
+    """Whether ``v`` can be an MLflow metric value: any int or float, bools (logged as 0/1) and NaN or infinity
+    (a diverged trial's loss) included, unlike ``ternsearch.numbers.is_number``."""
     return isinstance(v, (int, float)) and not isinstance(v, str)
 
 

@@ -38,11 +38,12 @@ from typing import Any, Optional
 from ray.tune import Callback
 
 from ternsearch.errors import TrackingError
+from ternsearch.numbers import fmt_number
 from ternsearch.results.trials import LOST_REASON, TUNE_KEYS, error_text, trial_status
 from ternsearch.tracking.model import log_best_model
 from ternsearch.tracking.store import (TAG, as_metrics, as_params, as_tags, check_reachable, common_tags,
                                        configure_http_env, copy_redacted, default_tracking_uri, ensure_sqlite_dir,
-                                       flatten_config, get_or_create_experiment, is_number, log_batch, one_line,
+                                       flatten_config, get_or_create_experiment, is_metric_value, log_batch, one_line,
                                        quoted, redact, search_all, without_credentials)
 from ternsearch.tracking.train_runs import log_single_run
 from ternsearch.tracking.writequeue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
@@ -241,7 +242,7 @@ class MLflowTracker(WriteQueue, Callback):
         parts = [f"t{number:03d}" if number is not None else f"t-{trial.trial_id}"]
         for key, value in flatten_config(dict(trial.config or {})).items():
             if value is not None:
-                parts.append(f"{key.rsplit('.', 1)[-1]}={_fmt_value(value)}")
+                parts.append(f"{key.rsplit('.', 1)[-1]}={fmt_number(value, 3)}")
         return " ".join(parts)[:200]
 
     def _find_child(self, trial_id: str):
@@ -308,7 +309,7 @@ class MLflowTracker(WriteQueue, Callback):
             self._submit(*ops)
             return
         values = {k: v for k, v in result.items()
-                  if k not in TUNE_KEYS and is_number(v) and v is not None}
+                  if k not in TUNE_KEYS and is_metric_value(v) and v is not None}
         ops.append(self._op("log", tid, epoch=epoch, metrics=as_metrics(values, epoch), tags=tags))
         self._last_epoch[tid] = epoch
         self._restart_noted[tid] = False
@@ -376,12 +377,6 @@ class MLflowTracker(WriteQueue, Callback):
         return log_best_model(self._client(), self.uri, self.experiment_id, parent, child_id, trial_id=trial_id,
                               checkpoint_dir=checkpoint_dir, best_config_yaml=best_config_yaml, metric=self.metric,
                               registered_name=self.sweep_name, quiet=self.quiet)
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
 
 
 def _final_wait_s() -> float:

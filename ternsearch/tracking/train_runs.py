@@ -12,7 +12,8 @@ from ternsearch.results.trials import TUNE_KEYS
 from ternsearch.spec.describe import data_line
 from ternsearch.tracking.model import log_retrained_model
 from ternsearch.tracking.store import (TAG, as_metrics, as_params, common_tags, ensure_sqlite_dir, flatten_config,
-                                       get_or_create_experiment, is_number, log_batch, one_line, redact, resolve_uri)
+                                       get_or_create_experiment, is_metric_value, log_batch, one_line, redact,
+                                       resolve_uri)
 
 __all__ = ["log_single_run"]
 
@@ -60,12 +61,12 @@ def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, exper
         log_batch(client, run_id, params=as_params(flatten_config(tf.base_config().model_dump(mode="json"))))
         history = read_epochs(output)
         for epoch, row in sorted(history.items()):
-            values = {k: v for k, v in row.items() if k not in TUNE_KEYS and is_number(v)}
+            values = {k: v for k, v in row.items() if k not in TUNE_KEYS and is_metric_value(v)}
             log_batch(client, run_id, metrics=as_metrics(values, epoch))
         last_epoch = max(history) if history else int(final.get("epoch") or 0)
         logged = set(history.get(last_epoch, {}))
         finals = {k: v for k, v in final.items()
-                  if is_number(v) and k not in TUNE_KEYS and (k not in logged or k.startswith("test_"))}
+                  if is_metric_value(v) and k not in TUNE_KEYS and (k not in logged or k.startswith("test_"))}
         registered = log_retrained_model(client, uri, experiment_id, run_id, tf, final, output, quiet)
         tests = {k: finals.pop(k) for k in list(finals) if k.startswith("test_")}
         log_batch(client, run_id, metrics=as_metrics(finals, last_epoch) + as_metrics(

@@ -1,0 +1,192 @@
+"""Loading sweep and train files: the YAML checked against the models, the ``search:`` parameters, then the
+checks that span the whole file (objectives, scheduler, resources, tracking). File-only: no Ray, no MLflow, no
+data access."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Optional
+
+from ternsearch.spec.models import Param, SweepSpec, TrackingConfig, TrainFile, _SweepModel, largest_epochs
+from ternsearch.spec.params import EXAMPLE, check_conditions, check_values, parse_param
+from ternsearch.spec.yamlsrc import Located, did_you_mean, load_located, show
+
+__all__ = ["load_spec", "load_train_file"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_SWEEP_ONLY = ("search", "searcher", "scheduler", "resources", "storage", "failure")
+
+
+def _fixed_keys(doc: _SweepModel) -> set[str]:
+    fixed = set(doc.train.model_fields_set)
+    fixed |= {f"model.{k}" for k in doc.model.model_fields_set}
+    fixed |= {f"data.{k}" for k in doc.data.model_fields_set}
+    return fixed
+
+
+def _check_name(loc: Located, name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise loc.error(("name",), f"{show(name)} is not a valid name (up to 100 letters, digits, '.', '_' and "
+                                   "'-', starting with a letter or digit: it names directories and runs)")
+
+
+def _check_sweep_keys_need_search(loc: Located) -> None:
+    """A file with searcher:/scheduler:/... but no search: is a broken sweep, whichever command reads it."""
+    keys = [k for k in _SWEEP_ONLY if k in loc.data]
+    typo = any(did_you_mean(k, ["search"]) for k in loc.data if k not in _SweepModel.model_fields)
+    if keys and "search" not in loc.data and not typo:  # a misspelt search: is reported as an unknown key
+        raise loc.error((keys[0],), f"is a sweep setting, but the file has no search: (add search: with at least "
+                                    f"one distribution, {EXAMPLE}; or remove {keys[0]}: to make a train file)")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Load and validate a sweep file (file-only checks: no Ray, no MLflow, no data access).
+
+    Raises:
+        SpecError: the first problem found, as ``FILE:LINE: key: what is wrong (what is allowed)``.
+    """
+    loc = load_located(path)
+    _check_sweep_keys_need_search(loc)
+    doc: _SweepModel = loc.validate(_SweepModel)  # type: ignore[assignment]
+    _check_name(loc, doc.name)
+    if "search" not in loc.data:
+        raise loc.error(("search",), f"required key is missing (a sweep searches at least one distribution, "
+                                     f"{EXAMPLE}; a file without search: is a train file for `ternsearch train`)")
+    if not doc.search:
+        raise loc.error(("search",), f"is empty (add at least one distribution, {EXAMPLE})")
+    fixed = _fixed_keys(doc)
+    params = [parse_param(loc, str(name), raw, fixed) for name, raw in doc.search.items()]
+    check_conditions(loc, params)
+    check_values(loc, params, doc.base_config())
+    _check_sweep(loc, doc, params)
+    return SweepSpec(file=str(path), doc=doc, params=tuple(params), located=loc)
+
+
+def _check_objectives(loc: Located, doc: _SweepModel) -> None:
+    objectives = doc.objectives()
+    names = [m.name for m in objectives]
+    if isinstance(doc.metric, list):
+        if not 2 <= len(names) <= 3:
+            raise loc.error(("metric",), f"lists {len(names)} objectives (a list takes 2 or 3; give one "
+                            "objective as a mapping: {name: val_acc, mode: max})")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise loc.error(("metric", i, "name"), f"'{name}' is listed twice (each objective once)")
+    sched = doc.scheduler
+    allowed = ", ".join(names)
+    if sched.metric is not None and sched.metric not in names:
+        raise loc.error(("scheduler", "metric"), f"'{sched.metric}' is not an objective (choose from: {allowed})")
+    if len(names) > 1 and sched.algorithm == "asha" and sched.metric is None:
+        raise loc.error(("scheduler", "algorithm"), f"asha stops trials on one metric, but metric: lists "
+                        f"{len(names)} objectives (set scheduler.metric to one of: {allowed}; or use "
+                        "scheduler.algorithm: fifo)")
+    if len(names) == 1 and doc.searcher.algorithm == "nsga2":
+        raise loc.error(("searcher", "algorithm"), "nsga2 is a multi-objective searcher, but metric: names one "
+                        "objective (list 2 or 3 under metric:, or use tpe)")
+
+
+def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
+    _check_objectives(loc, doc)
+    by_name = {p.name: p for p in params}
+    max_epochs = largest_epochs(doc.train.epochs, params)
+    if doc.scheduler.algorithm == "asha" and doc.scheduler.grace_period > max_epochs:
+        what = "train.epochs" if "epochs" not in by_name else "the largest searched epochs"
+        raise loc.error(("scheduler", "grace_period"), f"{doc.scheduler.grace_period} is more than the "
+                        f"{max_epochs} epochs a trial runs (grace_period must be <= {what})")
+    _check_batch_split(loc, doc, by_name.get("batch_size"))
+    _check_val_split(loc, doc, by_name.get("data.val_fraction"))
+    if doc.searcher.algorithm == "grid":
+        for p in params:
+            if p.kind != "choice":
+                raise loc.error(("search", p.name, p.kind), f"{p.kind} is not a list of values (the grid searcher "
+                                "takes choice distributions only; use searcher.algorithm: tpe or random for ranges)")
+    res = doc.resources
+    if res.gpus_per_worker > 1:
+        # The loop trains one model replica on one device; a worker holding 2 GPUs would use one (or, picking
+        # cuda:LOCAL_RANK from a shared device list, collide with its neighbour's). DDP is one worker per GPU.
+        raise loc.error(("resources", "gpus_per_worker"), f"{res.gpus_per_worker:g} GPUs per worker, but a worker "
+                        f"trains on one GPU (for DDP over {res.gpus_per_worker:g} GPUs use workers_per_trial: "
+                        f"{math.ceil(res.gpus_per_worker)} with gpus_per_worker: 1)")
+    if res.workers_per_trial > 1 and res.gpus_per_worker % 1:
+        raise loc.error(("resources", "gpus_per_worker"), f"{res.gpus_per_worker:g} is a fraction of a GPU, but "
+                        f"workers_per_trial is {res.workers_per_trial} (DDP ranks need whole GPUs: 1, 2, ...)")
+    if res.workers_per_trial > 1 and res.trainer == "function":
+        raise loc.error(("resources", "trainer"), f"'function' runs one worker, but workers_per_trial is "
+                        f"{res.workers_per_trial} (use auto or torchtrainer)")
+    _check_tracking_uri(loc, doc.tracking)
+
+
+def _check_batch_split(loc: Located, doc: _SweepModel, searched: Optional[Param]) -> None:
+    """Each of the DDP workers takes batch_size / workers_per_trial images: every batch size must divide."""
+    w = doc.resources.workers_per_trial
+    allowed = f"use a multiple of {w}: each worker takes batch_size / workers_per_trial images"
+    if searched is None:
+        if doc.train.batch_size % w:
+            raise loc.error(("train", "batch_size"), f"{doc.train.batch_size} is not divisible by "
+                                                     f"resources.workers_per_trial ({w}) ({allowed})")
+    elif searched.kind == "choice":
+        for i, bs in enumerate(searched.choices):
+            if bs % w:
+                raise loc.error(("search", "batch_size", "choice", i), f"{bs} is not divisible by "
+                                f"resources.workers_per_trial ({w}) ({allowed})")
+    elif w > 1 and (searched.low % w or (searched.step or 1) % w):
+        raise loc.error(("search", "batch_size", searched.kind), f"the range holds batch sizes not divisible by "
+                        f"resources.workers_per_trial ({w}) (low and step must be multiples of {w}, or use a choice)")
+
+
+def _check_val_split(loc: Located, doc: _SweepModel, searched: Optional[Param]) -> None:
+    """A sweep compares trials on held-out images: val_fraction 0 (a train file's full retraining) is refused."""
+    allowed = ("a sweep compares trials on a validation split: use a value > 0 and < 1; val_fraction 0 is for "
+               "train files, such as the full retraining `ternsearch export` writes")
+    if searched is None:
+        if doc.data.val_fraction == 0:
+            raise loc.error(("data", "val_fraction"), f"0 holds out no validation images ({allowed})")
+    elif searched.kind == "choice":
+        for i, value in enumerate(searched.choices):
+            if value == 0:
+                raise loc.error(("search", "data.val_fraction", "choice", i),
+                                f"{show(value)} holds out no validation images ({allowed})")
+    elif searched.low == 0:
+        raise loc.error(("search", "data.val_fraction", searched.kind),
+                        f"low {show(searched.low)} holds out no validation images ({allowed})")
+
+
+_URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def _check_tracking_uri(loc: Located, tracking: TrackingConfig) -> None:
+    uri = tracking.uri
+    if uri is None:
+        return
+    scheme, sep, rest = uri.partition("://")
+    base = scheme.split("+")[0]
+    if sep:
+        ok = base in _URI_SCHEMES and not (base in ("http", "https") and not rest.strip("/")) and not (
+            base == "sqlite" and not rest.startswith("/"))
+    else:
+        ok = bool(uri.strip()) and ":" not in uri.split("/")[0]  # a plain local path: MLflow's file store
+    if not ok:
+        raise loc.error(("tracking", "uri"), f"{show(uri)} is not a tracking URI (use sqlite:///FILE.db, "
+                        "http://HOST:PORT, file:///DIR or a local directory path)")
+
+
+def load_train_file(path: str | Path) -> TrainFile:
+    """Load and validate a single-run file for ``ternsearch train``.
+
+    Raises:
+        SpecError: the first problem found, as ``FILE:LINE: key: what is wrong (what is allowed)``.
+    """
+    loc = load_located(path)
+    if "search" in loc.data:
+        raise loc.error(("search",), "belongs to sweep files (this is `ternsearch train`: run a sweep with "
+                                     "`ternsearch sweep FILE`, or export a trial with `ternsearch export`)")
+    _check_sweep_keys_need_search(loc)
+    unknown = [k for k in loc.data if k not in TrainFile.model_fields]
+    if any(did_you_mean(k, list(_SWEEP_ONLY)) for k in unknown):
+        load_spec(path)  # a sweep file with a typo: report it as `sweep` and `validate` of a sweep do
+    doc: TrainFile = loc.validate(TrainFile)  # type: ignore[assignment]
+    _check_name(loc, doc.name)
+    _check_tracking_uri(loc, doc.tracking)
+    return doc
