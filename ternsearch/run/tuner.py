@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -316,6 +318,20 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
     )
 
 
+# Where the classes a sweep's Tune state pickles (tuner.pkl, the searcher's state) lived before ternsearch/ had
+# subpackages, so that a sweep an earlier version started still resumes: pickle finds a class by its module's
+# name. (ternsearch.spec.Param and ternsearch.tracking.MLflowTracker still resolve under their former names.)
+FORMER_MODULES = {"ternsearch.tuner": "ternsearch.run.tuner", "ternsearch.failfast": "ternsearch.run.failfast",
+                  "ternsearch.progress": "ternsearch.run.progress", "ternsearch.records": "ternsearch.results.recorder",
+                  "ternsearch.space": "ternsearch.spec.space"}
+
+
+def accept_former_module_names() -> None:
+    """Let Tune's unpickling of a sweep's state find our classes under the module names they had before."""
+    for former, now in FORMER_MODULES.items():
+        sys.modules.setdefault(former, importlib.import_module(now))
+
+
 def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
                   stop: Optional[tune.Stopper] = None) -> tune.Tuner:
     """Continue an interrupted or failed sweep: unfinished trials resume from their checkpoints, finished and
@@ -324,6 +340,7 @@ def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: lis
     now finishes; a diverged or out-of-memory trial finds its failure marker and ends at once, as before."""
     _tolerate_deleted_checkpoints()
     no_retry_for_permanent_errors()
+    accept_former_module_names()
     tuner = tune.Tuner.restore(experiment_path(storage_path, spec.name), trainable=_trainable(spec, plan, storage_path),
                                resume_unfinished=True, resume_errored=True)
     # The restored run config carries pickled copies of our callbacks and stopper; use fresh ones (private API,
