@@ -50,7 +50,8 @@ def test_resume_is_exact(tmp_path, data_root, augment, quantizer, schedule, ramp
     """Interrupted after epoch 2 and resumed: the same metrics and weights as straight through. With ramp 2,
     quantization switches on at epoch 2 at half strength and is full in epoch 3, across the resume."""
     fp16 = augment == "fp16"  # fp16 autocast with its GradScaler, whose state must resume too (CPU fp16 is slow)
-    cfg = _cfg({"quantizer": quantizer}, subset=320 if fp16 else 640, augment="standard" if fp16 else augment, schedule=schedule, warmup_epochs=1,
+    cfg = _cfg({"quantizer": quantizer}, subset=320 if fp16 else 640, augment="standard" if fp16 else augment,
+               schedule=schedule, warmup_epochs=1,
                label_smoothing=0.1, early_stop_patience=5, plateau_patience=0, quantize_from_epoch=2 if ramp else 1,
                ramp_epochs=ramp, precision="fp16" if fp16 else "auto")
     straight = _Keep(tmp_path / "a")

@@ -53,7 +53,8 @@ def test_train_out_of_memory_is_one_line_exit_1(tmp_path, data_root):
     assert proc.returncode == 1, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert lines[0].startswith(f"{cfg}: training failed: out of memory in epoch 1 at train.batch_size=2000 on cpu ("), lines
+    assert lines[0].startswith(
+        f"{cfg}: training failed: out of memory in epoch 1 at train.batch_size=2000 on cpu ("), lines
     assert lines[0].endswith("; lower train.batch_size or pick a smaller model"), lines
 
 

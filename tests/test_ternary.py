@@ -234,4 +234,5 @@ def test_ttq_scales_learn_in_a_model() -> None:
     assert losses[-1] < losses[0]
     for m, (wp0, wn0) in zip(layers, start):
         assert m.quantizer.wp.item() != wp0 and m.quantizer.wn.item() != wn0
-        assert set(m.quantized_weight().detach().unique().tolist()) <= {0.0, m.quantizer.wp.item(), -m.quantizer.wn.item()}
+        scales = {0.0, m.quantizer.wp.item(), -m.quantizer.wn.item()}
+        assert set(m.quantized_weight().detach().unique().tolist()) <= scales

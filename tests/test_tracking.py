@@ -64,8 +64,10 @@ def test_trial_runs_restarts_and_resume(tmp_path, store):
     assert run.info.run_name == "t003 lr=0.123 quantizer=twn"
     assert run.data.params == {"lr": "0.123456", "model.quantizer": "twn"}
     tags = run.data.tags
-    assert (tags["ternsearch.trial_number"], tags["ternsearch.status"], tags["ternsearch.restarts"]) == ("3", "running", "1")
-    assert (tags["ternsearch.hostname"], tags["ternsearch.node_ip"], tags["mlflow.parentRunId"]) == ("h1", "10.0.0.1", parent)
+    assert (tags["ternsearch.trial_number"], tags["ternsearch.status"], tags["ternsearch.restarts"]) == (
+        "3", "running", "1")
+    assert (tags["ternsearch.hostname"], tags["ternsearch.node_ip"], tags["mlflow.parentRunId"]) == (
+        "h1", "10.0.0.1", parent)
     assert _steps(client, run.info.run_id) == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
     assert _steps(client, run.info.run_id, "ternary/layer1.0.conv1/zero_frac") == [(1, 0.3), (2, 0.3), (3, 0.3)]
     assert not {"training_iteration", "time_total_s", "pid", "timestamp", "done"} & set(run.data.metrics)

@@ -48,3 +48,13 @@ def test_train_then_resume_continues_and_evaluates_on_test(tmp_path, data_root):
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001", "epoch_0002"]
+
+
+def test_a_batch_larger_than_the_data_is_one_line_exit_1(tmp_path, data_root):
+    """Found by the loop once the data is loaded (trainables' BatchSizeError): one line naming the key."""
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(CONFIG.replace("subset: 600", "subset: 100").replace("batch_size: 64", "batch_size: 128"))
+    proc = _train(str(cfg), "-o", str(tmp_path / "out"), "-q", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"{cfg}: train.batch_size: 80 training images per worker are fewer than one batch of 128"]

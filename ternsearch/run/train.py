@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tqdm import tqdm
+from trainables.errors import BatchSizeError
 from trainables.failures import TrialFailure, cap_memory_from_env
 
 from ternsearch.errors import PreflightError, TernsearchError, TrainingError
@@ -87,6 +88,10 @@ def _train(run, cfg, source: Path, out: Path, resume_from: Optional[Path], progr
     cap_memory_from_env()  # a test's simulated small machine; off unless set
     try:
         final = run(cfg, _reporter(cfg, out, bar, keep), resume_from=resume_from, on_batch=bar.batch if bar else None)
+    except BatchSizeError as exc:  # found once the data is loaded: before the first step
+        if bar:
+            bar.close()
+        raise PreflightError(f"{source}: train.batch_size: {exc}") from None
     except TrialFailure as exc:
         if bar:
             bar.close()
