@@ -67,7 +67,7 @@ class DataConfig(_Strict):
     50,000 training images (before the validation split) for fast runs. ``val_fraction: 0`` holds nothing out
     (a final retraining on every training image): the per-epoch ``val_*`` metrics are then measured on the
     training images themselves, without augmentation, and each epoch reports ``eval_on: train``. Sweeps need a
-    validation split and refuse 0 (``ternsearch.spec.sweepfile``).
+    validation split and refuse 0 (``ternsearch.spec.load``).
     """
 
     dataset: Literal["cifar10"] = "cifar10"
