@@ -166,6 +166,7 @@ class _Outage:
     def __init__(self, client):
         self.client, self.down, self.reject, self.failed = client, False, set(), 0
         self.lose_answer = set()  # methods whose next call is written but whose answer never comes (timeout)
+        self.gone_after = set()  # methods whose next call is written, then the server is gone (the retry refused)
 
     def __getattr__(self, name):
         from mlflow.exceptions import MlflowException, RestException
@@ -180,6 +181,12 @@ class _Outage:
             if name in self.reject:
                 self.reject.discard(name)
                 raise RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad value"})
+            if name in self.gone_after:
+                self.gone_after.discard(name)
+                attr(*args, **kwargs)
+                self.down = True
+                raise MlflowException("API request to http://127.0.0.1:9/api/2.0/mlflow/runs/log-batch failed "
+                                      "with exception HTTPConnectionPool: Max retries exceeded (Connection refused)")
             if name in self.lose_answer:
                 self.lose_answer.discard(name)
                 attr(*args, **kwargs)
@@ -295,6 +302,27 @@ def test_a_write_to_a_stopped_server_fails_in_a_moment(tmp_path, store, monkeypa
     with brief_http():
         assert (os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"], os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) == ("2", "1")
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "2" and "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+
+
+def test_a_write_the_server_took_as_it_died_is_reported_as_maybe_written(tmp_path, store, monkeypatch):
+    """The server wrote epoch 2 and died before answering; MLflow's retry of it was refused. The error says
+    "refused", yet epoch 2 is in the store: it is reported as possibly there, epoch 3 (sent to a dead server) not."""
+    monkeypatch.setenv("TERNSEARCH_MLFLOW_FINAL_FLUSH_S", "0")
+    t = _tracker(tmp_path, store, "toy-gone")
+    t.start()
+    fake = _outage(t)
+    a = _trial("gone_00000", lr=0.1)
+    t.on_trial_start(0, [a], a)
+    t.on_trial_result(0, [a], a, _result(1))
+    fake.gone_after = {"log_batch"}
+    t.on_trial_result(0, [a], a, _result(2))
+    t._retry_at = 0.0
+    t.on_trial_result(0, [a], a, _result(3))
+    t.close("FINISHED")
+    entry = next(e for e in t.unwritten if e["trial_id"] == "gone_00000")
+    assert (entry["epochs"], entry["epochs_maybe_written"]) == ([2, 3], [2])
+    fake.down = False
+    assert [s for s, _ in _steps(_client(t), t._runs["gone_00000"])] == [1, 2]
 
 
 def test_outage_until_the_end_reports_exactly_what_is_lost(tmp_path, store, monkeypatch, caplog):

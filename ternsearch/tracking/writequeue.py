@@ -96,7 +96,11 @@ class WriteQueue:
                     written += 1
                 except Exception as exc:  # noqa: BLE001
                     if is_transient(exc):
-                        if _may_have_arrived(exc):  # sent, but no answer: the store may hold it
+                        # Sent, but no answer: the store may hold it. So may the first write to fail while the
+                        # store was up, whatever the error: MLflow's client retries a request whose connection
+                        # broke, and what it raises is its last attempt's error ("refused", once the server is
+                        # gone), though the first attempt may have been written.
+                        if _may_have_arrived(exc) or self._down_since is None:
                             op["maybe_written"] = True
                         self._note_down(exc, time.monotonic() - t0)
                         return False
