@@ -5,7 +5,8 @@ The commands are read from README.md itself (the first ```bash block under "## Q
 with ``TMP/x/shared`` a link to the real shared folder (the parent of ``TERNSEARCH_DATA``, which CI points at
 ``.../shared/data``), and HOME is a fresh folder, so ``~/ternsearch-results`` starts empty; the machine's pip
 configuration (where pip finds wheels) is copied into it. The full run takes minutes (a venv, pip installing
-torch, and the sweep that benchmarks/cpu_sweep.py times): it runs only with ``TERNSEARCH_QUICKSTART=1`` (``.ci/run`` sets it after the suite).
+torch, and the sweep that benchmarks/cpu_sweep.py times): it runs only with ``TERNSEARCH_QUICKSTART=1``
+(``.ci/run`` sets it after the suite).
 """
 
 from __future__ import annotations
