@@ -182,7 +182,8 @@ def test_harness_builds_the_clone(tmp_path):
 # ------------------------------------------------------------------------------------------------- the real run
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("TERNSEARCH_QUICKSTART") != "1",
-                    reason="the README quick start takes minutes (venv, pip install, sweep); set TERNSEARCH_QUICKSTART=1"
+                    reason="the README quick start takes minutes (venv, pip install, sweep); set "
+                           "TERNSEARCH_QUICKSTART=1"
                            " (.ci/run does, after the suite)")
 def test_readme_quickstart(tmp_path):
     h = prepare(tmp_path)
