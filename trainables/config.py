@@ -49,7 +49,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Strict = _Strict  # the same rules for ternsearch.spec's own sections (unknown keys rejected, frozen)
+Strict = _Strict  # the same rules for ternsearch.spec's sections and trainables.setup (unknown keys rejected, frozen)
 
 
 class MetricConfig(_Strict):

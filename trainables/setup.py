@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from trainables.config import Strict
 
 __all__ = ["TrialSetup"]
 
 
-class TrialSetup(BaseModel):
+class TrialSetup(Strict):
     """A sweep's trials' shared settings: the base config, how a trial runs, where it writes, how it fails."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     base: dict[str, Any]  # the resolved base TrainConfig, as JSON (model_dump(mode="json"))
     mode: Literal["function", "torchtrainer"]  # the trial trains itself, or through a TorchTrainer (DDP)
