@@ -63,11 +63,11 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
                                            "--address was given (use use_gpu: auto or false, or --address of a "
                                            "cluster with GPUs)")))
 def check_fits(spec: SweepSpec, trial_resources: dict[str, float], cluster: dict[str, float],
-               where: str, multi_node: bool = False, storage: Optional[str] = None,
-               tracking_uri: Optional[str] = None) -> None:
+               where: str, *, tracking_uri: str, multi_node: bool = False, storage: Optional[str] = None) -> None:
     """A trial must fit the cluster; on several nodes storage must be shared and tracking a server.
 
-    ``storage`` and ``tracking_uri`` are the effective values (command-line overrides applied).
+    ``storage`` is the effective value (command-line override applied); ``tracking_uri`` the sweep's resolved
+    URI (``ternsearch.tracking.store.resolve_uri``).
     """
     loc = spec.located
     for key, need in trial_resources.items():
@@ -81,9 +81,8 @@ def check_fits(spec: SweepSpec, trial_resources: dict[str, float], cluster: dict
         if "://" not in path and not spec.storage.shared:
             raise PreflightError(str(loc.error(("storage", "path"), f"{path!r} is a local path, but the cluster has "
                                                "several nodes (use s3://, gs://, or an NFS path with shared: true)")))
-        uri = tracking_uri or spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-        if not uri.startswith(("http://", "https://", "databricks")):
-            raise PreflightError(str(loc.error(("tracking", "uri"), f"{uri or 'the default SQLite file'} is local, "
+        if not tracking_uri.startswith(("http://", "https://", "databricks")):
+            raise PreflightError(str(loc.error(("tracking", "uri"), f"{tracking_uri} is local, "
                                                "but the cluster has several nodes (run `mlflow server` on the head "
                                                "and use http://HEAD:5000)")))
 
