@@ -17,6 +17,7 @@ from ternsearch.results.export import export_command
 from ternsearch.run.sweep import sweep_command
 from ternsearch.run.train import train_file
 from ternsearch.spec import load_spec, load_train_file
+from ternsearch.spec.describe import metric_words
 from ternsearch.spec.yamlsrc import load_located
 from ternsearch.tracking.train_runs import log_single_run
 from ternsearch.tracking.ui import ui_command
@@ -39,10 +40,11 @@ def _cmd_validate(a: argparse.Namespace) -> int:
     if "search" in loc.data:
         spec = load_spec(a.file)
         print(f"{a.file}: ok (sweep '{spec.name}', {len(spec.params)} searched parameters, "
-              f"{spec.searcher.num_samples} trials)")
+              f"{spec.searcher.num_samples} trials; metric {metric_words(spec.objectives, loc.data.get('metric'))})")
     else:
         tf = load_train_file(a.file)
-        print(f"{a.file}: ok (train run '{tf.name}', {tf.train.epochs} epochs)")
+        print(f"{a.file}: ok (train run '{tf.name}', {tf.train.epochs} epochs; metric "
+              f"{metric_words(tf.objectives(), loc.data.get('metric'))})")
     return 0
 
 

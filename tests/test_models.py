@@ -35,6 +35,17 @@ def test_model_names() -> None:
     assert set(BUILTIN_MODELS) == set(model_names())  # the torch-free list spec validation uses
 
 
+@pytest.mark.parametrize("name", model_names())
+def test_builtin_roles_are_what_spec_checks_assume(name: str) -> None:
+    """A file naming only BUILTIN_ROLES is checked without building the model: every built-in model has them."""
+    from trainables.models import unknown_layer
+    from trainables.registry import BUILTIN_ROLES, get_builder
+
+    assert set(get_builder(name)(10).layer_roles) == set(BUILTIN_ROLES)
+    assert unknown_layer(name, BUILTIN_ROLES) is None
+    assert unknown_layer(name, ["stem", "haed"])[0] == 1
+
+
 def test_unknown_model_is_value_error() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'x' \(choose from: airbench, mobilenetv2, resnet18"):
         build_model(ModelConfig(arch="x"))

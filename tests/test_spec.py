@@ -41,7 +41,7 @@ class Case:
 def _cases() -> list[Case]:
     cases = []
     for f in sorted(BAD.glob("*.yaml")):
-        first = f.read_text().splitlines()[0]
+        first = f.read_bytes().decode("utf-8", "replace").splitlines()[0]  # 76_not_utf8 is Latin-1 below line 1
         m = _EXPECT.match(first)
         assert m, f"{f.name}: line 1 must be '# expect: ...', got {first!r}"
         path = f"tests/bad_specs/{f.name}"

@@ -15,6 +15,7 @@ from trainables.registry import known_models
 
 __all__ = [
     "AUGMENTS",
+    "INFERRED_MODES",
     "OPTIMIZERS",
     "PRECISIONS",
     "QUANTIZERS",
@@ -25,6 +26,8 @@ __all__ = [
     "TrainConfig",
     "TrainParams",
     "REPORTED_METRICS",
+    "CIFAR10_TRAIN_IMAGES",
+    "train_images",
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -52,11 +55,27 @@ class _Strict(BaseModel):
 Strict = _Strict  # the same rules for ternsearch.spec's sections and trainables.setup (unknown keys rejected, frozen)
 
 
+# The direction a metric's name makes unambiguous; any other metric needs an explicit mode.
+INFERRED_MODES = {"val_acc": "max", "train_acc": "max", "val_loss": "min", "train_loss": "min"}
+
+
 class MetricConfig(_Strict):
-    """The metric a run optimizes (early stopping, best checkpoint, the search)."""
+    """The metric a run optimizes (early stopping, best checkpoint, the search). ``mode`` may be left out for
+    accuracies (max) and losses (min): ``INFERRED_MODES``."""
 
     name: Literal[REPORTED_METRICS] = "val_acc"  # type: ignore[valid-type]
     mode: Literal["max", "min"] = "max"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_mode(cls, data):
+        if isinstance(data, dict) and "mode" not in data and data.get("name", "val_acc") in REPORTED_METRICS:
+            name = data.get("name", "val_acc")
+            if name not in INFERRED_MODES:
+                raise ValueError(f"mode is required for {name} (add mode: max or mode: min; only accuracies "
+                                 "(max) and losses (min) may leave it out)")
+            data = dict(data, mode=INFERRED_MODES[name])
+        return data
 
 
 class DataConfig(_Strict):
@@ -75,7 +94,17 @@ class DataConfig(_Strict):
     download: bool = False
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     subset: Optional[int] = Field(None, ge=20, le=50_000)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+def train_images(data: DataConfig) -> int:
+    """How many images a run trains on: the subset (or all 50,000) less the validation split, rounded as
+    ``trainables.data.split_indices`` rounds it."""
+    total = data.subset or CIFAR10_TRAIN_IMAGES
+    return total - int(round(data.val_fraction * total))
 
 
 class ModelConfig(_Strict):
@@ -151,7 +180,7 @@ class TrainParams(_Strict):
     distill_from: Optional[str] = None
     distill_weight: float = Field(0.0, ge=0.0, le=1.0)
     distill_temperature: float = Field(4.0, gt=0.0, le=100.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     threads: Optional[int] = Field(None, ge=1, le=1024)
     eval_batch_size: int = Field(512, ge=1)
 
@@ -175,6 +204,26 @@ class TrainConfig(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainParams = TrainParams()
+
+    @model_validator(mode="after")
+    def _check_run(self) -> "TrainConfig":
+        """Settings that are valid alone but make a run that cannot train, or that never trains what it says."""
+        p, images = self.train, train_images(self.data)
+        if p.batch_size > images:
+            raise ValueError(f"batch_size {p.batch_size} is more than the {images:,} training images of the split "
+                             f"(a batch must fit: use at most {images}, or a larger data.subset)")
+        if self.model.quantizer != "none":
+            if p.quantize_from_epoch > p.epochs:
+                raise ValueError(f"quantize_from_epoch {p.quantize_from_epoch} is after the last epoch "
+                                 f"({p.epochs}): the model would never be ternary (use at most epochs, or "
+                                 "model.quantizer: none for a full-precision run)")
+            end = p.quantize_from_epoch + max(p.ramp_epochs, 1) - 1
+            if end > p.epochs:
+                raise ValueError(f"ramp_epochs {p.ramp_epochs} from quantize_from_epoch {p.quantize_from_epoch} ends "
+                                 f"at epoch {end}, after the last epoch ({p.epochs}): the final model would not be "
+                                 f"fully ternary (use at most epochs - quantize_from_epoch + 1 = "
+                                 f"{p.epochs - p.quantize_from_epoch + 1})")
+        return self
 
     def with_overrides(self, flat: dict) -> "TrainConfig":
         """Return a copy with ``flat`` applied: keys are train keys (``lr``) or dotted (``model.quantizer``).

@@ -8,6 +8,9 @@ so a resumed run replays exactly.
 
 from __future__ import annotations
 
+import difflib
+from typing import Optional, Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,7 +19,7 @@ from trainables.config import ModelConfig
 from trainables.registry import get_builder, model_names, register
 from trainables.ternary import ternarize
 
-__all__ = ["build_model", "model_names", "register"]  # model_names and register: trainables.registry's
+__all__ = ["build_model", "model_names", "register", "unknown_layer"]  # model_names and register: trainables.registry's
 
 
 def build_model(cfg: ModelConfig, num_classes: int = 10) -> nn.Module:
@@ -37,6 +40,23 @@ def build_model(cfg: ModelConfig, num_classes: int = 10) -> nn.Module:
     # ternarize validates full_precision_layers even for "none", so a typo fails the fp32 baseline as well.
     options = {"threshold": cfg.ttq_threshold} if cfg.quantizer == "ttq" else None
     return ternarize(model, cfg.quantizer, cfg.full_precision_layers, options)
+
+
+def unknown_layer(arch: str, names: Sequence[str]) -> Optional[tuple[int, str]]:
+    """The first of ``names`` (full_precision_layers) that is neither a role of ``arch`` nor one of its modules,
+    as ``(index, what is wrong)``; None when all are. The model is built on the meta device: no memory, no init."""
+    with torch.device("meta"):
+        model = get_builder(arch)(10)
+    roles = dict(getattr(model, "layer_roles", {}) or {})
+    modules = [n for n, _ in model.named_modules() if n]
+    for i, name in enumerate(names):
+        if roles.get(name, name) not in modules:
+            close = difflib.get_close_matches(name, list(roles) + modules, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            example = next((m for m in modules if "." in m), modules[0])
+            return i, (f"{name!r} is not a layer of {arch} ({hint}name a role: {', '.join(sorted(roles))}, or a "
+                       f"module such as '{example}')")
+    return None
 
 
 def _conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:

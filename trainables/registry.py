@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["BUILTIN_MODELS", "get_builder", "known_models", "model_names", "register"]
+__all__ = ["BUILTIN_MODELS", "BUILTIN_ROLES", "get_builder", "known_models", "model_names", "register"]
 
 # Registered by trainables.models when it is imported.
 BUILTIN_MODELS = ("airbench", "mobilenetv2", "resnet18", "resnet20", "tinynet")
+
+# The layer roles every built-in model declares (its ``layer_roles``): full_precision_layers may name them, and a
+# file that names only these is checked without building the model.
+BUILTIN_ROLES = ("head", "stem")
 
 # name -> fn(num_classes: int) -> nn.Module
 _REGISTRY: dict[str, Callable[[int], Any]] = {}

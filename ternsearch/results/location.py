@@ -16,6 +16,8 @@ __all__ = ["resolve_storage", "records_dir", "spec_digest", "check_same_spec"]
 def resolve_storage(spec: SweepSpec, override: Optional[str]) -> str:
     """Absolute local path, or a URI (s3://, gs://...) left as it is."""
     raw = override or spec.storage.path
+    if raw.startswith("file:///"):  # a local path written as a URI (the spec checks it is absolute)
+        raw = raw[len("file://"):]
     if "://" in raw:
         return raw
     return str(Path(raw).expanduser().resolve())

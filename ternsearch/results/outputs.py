@@ -42,15 +42,26 @@ REGENERABLE = {
 def unwritable(path: Path) -> Optional[str]:
     """Why directory ``path`` (which may not exist yet) cannot be created and written in, or None when it can."""
     probe = path
-    while not probe.exists() and probe != probe.parent:
+    while not _exists(probe) and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is not a directory"
+    longest = os.pathconf(probe, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    for part in path.relative_to(probe).parts:
+        if len(os.fsencode(part)) > longest:
+            return f"the name {part[:40]}... is longer than the file system allows ({longest} bytes)"
     try:
         with tempfile.NamedTemporaryFile(dir=probe, prefix=".ternsearch-probe-"):
             return None
     except OSError as exc:
         return f"cannot write in {probe}: {exc.strerror or exc.__class__.__name__}"
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name longer than the file system allows
+        return False
 
 
 def same_file(a: Path, b: Path) -> bool:

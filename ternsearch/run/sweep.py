@@ -23,6 +23,7 @@ from ternsearch.run.cluster import start_cluster
 from ternsearch.run.preflight import check_environment, check_fits, check_one_node, local_resources
 from ternsearch.run.startup import quiet_libraries, warm_imports
 from ternsearch.spec import SweepSpec, load_spec
+from ternsearch.spec.describe import metric_words
 from ternsearch.spec.space import ordered
 from ternsearch.tracking.store import copy_redacted, resolve_uri, without_credentials
 
@@ -35,7 +36,7 @@ def _say(msg: str) -> None:
 
 def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
     lines = [f"sweep '{spec.name}' from {spec.file}",
-             f"  metric: {spec.metric.name} ({spec.metric.mode})",
+             f"  metric: {metric_words(spec.objectives, spec.located.data.get('metric'))}",
              f"  searcher: {spec.searcher.algorithm} (seed {spec.searcher.seed}), {spec.searcher.num_samples} trials, "
              f"up to {plan.max_concurrent} at once",
              f"  scheduler: {spec.scheduler.algorithm}" + (

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["CIFAR10_TRAIN_IMAGES", "data_line"]
+__all__ = ["CIFAR10_TRAIN_IMAGES", "data_line", "metric_words"]
 
 CIFAR10_TRAIN_IMAGES = 50_000  # the training set a retraining without data.subset uses
 
@@ -21,3 +21,16 @@ def data_line(data: dict[str, Any]) -> str:
     return (f"Trains on the sweep's split: {total - n_val:,} of {total:,} images"
             + (f" (data.subset {total:,})" if data.get("subset") else "")
             + f", {n_val:,} held out for validation (val_fraction {fraction:g}).")
+
+
+def metric_words(objectives: Sequence[Any], raw: Any) -> str:
+    """The objectives as ``val_loss (min, inferred from its name)``, saying which modes the file left out.
+
+    ``raw`` is the file's own ``metric:`` value (a mapping, a list of them, or None when the file has none)."""
+    written = raw if isinstance(raw, list) else [raw]
+    out = []
+    for i, m in enumerate(objectives):
+        given = written[i] if i < len(written) and isinstance(written[i], dict) else {}
+        why = "" if "mode" in given else ", inferred from its name"
+        out.append(f"{m.name} ({m.mode}{why})")
+    return ", ".join(out)

@@ -11,9 +11,10 @@ from typing import Optional
 
 from ternsearch.spec.models import Param, SweepSpec, TrackingConfig, TrainFile, _SweepModel, largest_epochs
 from ternsearch.spec.params import EXAMPLE, check_conditions, check_values, parse_param
+from ternsearch.spec.runcheck import check_full_precision, check_run
 from ternsearch.spec.yamlsrc import Located, did_you_mean, load_located, show
 
-__all__ = ["load_spec", "load_train_file"]
+__all__ = ["STORAGE_SCHEMES", "load_spec", "load_train_file", "storage_problem"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _SWEEP_ONLY = ("search", "searcher", "scheduler", "resources", "storage", "failure")
@@ -59,9 +60,29 @@ def load_spec(path: str | Path) -> SweepSpec:
     fixed = _fixed_keys(doc)
     params = [parse_param(loc, str(name), raw, fixed) for name, raw in doc.search.items()]
     check_conditions(loc, params)
-    check_values(loc, params, doc.base_config())
+    reference = check_run(loc, doc.base_config(), params)
+    check_values(loc, params, reference)
     _check_sweep(loc, doc, params)
+    check_full_precision(loc, doc.model.arch, doc.model.full_precision_layers)
+    doc = _grid_samples(loc, doc, params)
     return SweepSpec(file=str(path), doc=doc, params=tuple(params), located=loc)
+
+
+def _grid_samples(loc: Located, doc: _SweepModel, params: list[Param]) -> _SweepModel:
+    """A grid searcher runs each point of its grid once: num_samples, when given, must say how many there are."""
+    if doc.searcher.algorithm != "grid":
+        return doc
+    if any(p.when for p in params):
+        p = next(p for p in params if p.when)
+        raise loc.error(("search", p.name, "when"), "the grid searcher runs every combination of the choices, so "
+                        "conditions do not apply (use searcher.algorithm: tpe or random, or remove when:)")
+    points = math.prod(len(p.choices) for p in params)
+    if "num_samples" not in doc.searcher.model_fields_set:
+        return doc.model_copy(update={"searcher": doc.searcher.model_copy(update={"num_samples": points})})
+    if doc.searcher.num_samples != points:
+        raise loc.error(("searcher", "num_samples"), f"{doc.searcher.num_samples} trials, but the grid has {points} "
+                        f"points (the grid searcher runs each point once: set num_samples: {points} or leave it out)")
+    return doc
 
 
 def _check_objectives(loc: Located, doc: _SweepModel) -> None:
@@ -116,6 +137,31 @@ def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
         raise loc.error(("resources", "trainer"), f"'function' runs one worker, but workers_per_trial is "
                         f"{res.workers_per_trial} (use auto or torchtrainer)")
     _check_tracking_uri(loc, doc.tracking)
+    problem = storage_problem(doc.storage.path)
+    if problem:
+        raise loc.error(("storage", "path"), problem)
+
+
+# What Ray Tune's storage (pyarrow.fs) opens besides a local path.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+
+
+def storage_problem(path: str) -> Optional[str]:
+    """What is wrong with a storage path (``storage.path`` or ``--storage``), or None: it must be a local path
+    or a URI of a file system Ray Tune opens (``STORAGE_SCHEMES``), a ``file://`` URI with an absolute path."""
+    allowed = f"a local directory, or a URI: {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+    if not path.strip():
+        return f"{show(path)} is empty ({allowed})"
+    scheme, sep, rest = path.partition("://")
+    if not sep:
+        return None
+    if scheme not in STORAGE_SCHEMES:
+        return f"{show(path)}: {show(scheme + '://')} is not a storage Ray Tune can open ({allowed})"
+    if scheme == "file" and not rest.startswith("/"):
+        return f"{show(path)} is not a file URI of an absolute path (write file:///ABSOLUTE/PATH, or a plain path)"
+    if not rest.strip("/"):
+        return f"{show(path)} names no bucket or path ({allowed})"
+    return None
 
 
 def _check_batch_split(loc: Located, doc: _SweepModel, searched: Optional[Param]) -> None:
@@ -188,5 +234,7 @@ def load_train_file(path: str | Path) -> TrainFile:
         load_spec(path)  # a sweep file with a typo: report it as `sweep` and `validate` of a sweep do
     doc: TrainFile = loc.validate(TrainFile)  # type: ignore[assignment]
     _check_name(loc, doc.name)
+    check_run(loc, doc.base_config(), [])
+    check_full_precision(loc, doc.model.arch, doc.model.full_precision_layers)
     _check_tracking_uri(loc, doc.tracking)
     return doc

@@ -19,9 +19,13 @@ __all__ = ["DIST_KINDS", "Param", "SweepSpec", "TrainFile", "largest_epochs", "S
 DIST_KINDS = ("loguniform", "uniform", "int", "choice")
 
 
+SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy, which takes 0 to 2**32 - 1
+
+
 class SearcherConfig(Strict):
     algorithm: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    # Default 8; a grid searcher runs each point of its grid once, and without num_samples that many trials.
     num_samples: int = Field(8, ge=1, le=1_000_000)
     max_concurrent_trials: Optional[int] = Field(None, ge=1, le=10_000)
 
@@ -43,7 +47,8 @@ class ResourcesConfig(Strict):
     # "auto": single-worker trials run the loop in the Tune trial itself (measured much faster to start),
     # multi-worker trials build a Ray Train TorchTrainer. "torchtrainer" forces Train for every trial.
     trainer: Literal["auto", "torchtrainer", "function"] = "auto"
-    driver_resources: dict[str, float] = Field(default_factory=dict)
+    driver_resources: dict[Annotated[str, Field(min_length=1)],
+                           Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]] = Field(default_factory=dict)
 
     @property
     def trial_mode(self) -> str:
@@ -52,7 +57,7 @@ class ResourcesConfig(Strict):
 
 
 class StorageConfig(Strict):
-    path: str = "~/ternsearch-results"
+    path: str = "~/ternsearch-results"  # checked by ternsearch.spec.load.storage_problem
     shared: bool = False
 
 
@@ -104,7 +109,11 @@ class _Common(Strict):
             model = model.model_copy(update={"init_from": str(Path(model.init_from).expanduser().resolve())})
         if _local_relative(train.distill_from):
             train = train.model_copy(update={"distill_from": str(Path(train.distill_from).expanduser().resolve())})
-        return TrainConfig(name=self.name, metric=self.objectives()[0], data=data, model=model, train=train)
+        # Built unchecked: each section is already valid, and the rules across sections (batch_size within the
+        # split, quantize_from_epoch within epochs) hold for the values a trial runs, where searched values
+        # replace these; loading checks them (ternsearch.spec.load) and every trial's config is validated again.
+        return TrainConfig.model_construct(name=self.name, metric=self.objectives()[0], data=data, model=model,
+                                           train=train)
 
 
 def _local_relative(source: Optional[str]) -> bool:

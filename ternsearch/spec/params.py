@@ -45,20 +45,29 @@ def ordered(params: Sequence[Param]) -> list[Param]:
     return done
 
 
+# Keys no search can take: a list (a choice value is one number, word or true/false) and weight sources (paths
+# a trial could not resolve against the directory the sweep started in).
+_NOT_SEARCHABLE = {"model.full_precision_layers": "a list of layers", "model.init_from": "a weight source",
+                   "distill_from": "a weight source"}
+
+
 def _searchable() -> dict[str, Any]:
     """Searchable key -> its field's annotation."""
     names = {k: f.annotation for k, f in TrainParams.model_fields.items()}
     names.update({f"model.{k}": f.annotation for k, f in ModelConfig.model_fields.items()})
     names.update({f"data.{k}": DataConfig.model_fields[k].annotation for k in ("val_fraction", "subset")})
-    return names
+    return {k: v for k, v in names.items() if k not in _NOT_SEARCHABLE}
 
 
 def parse_param(loc: Located, name: str, raw: Any, fixed: set[str]) -> Param:
     at = ("search", name)
     searchable = _searchable()
+    if name in _NOT_SEARCHABLE:
+        raise loc.error(at, f"cannot be searched ({name} is {_NOT_SEARCHABLE[name]}: fix it under "
+                            f"{'model' if name.startswith('model.') else 'train'}:, and search the other keys)")
     if name not in searchable:
         raise loc.error(at, f"not a searchable key ({did_you_mean(name, list(searchable))}search keys are the "
-                            "train keys, or " + ", ".join(k for k in searchable if "." in k) + ")")
+                            "train keys except distill_from, or " + ", ".join(k for k in searchable if "." in k) + ")")
     if name in fixed:
         where = ("model", "data")[name.startswith("data.")] if "." in name else "train"
         path = (where, name.split(".", 1)[-1])
@@ -134,7 +143,25 @@ def _parse_range(loc: Located, at: tuple, kind: str, raw: dict, when: dict, anno
         if not is_number(step) or step <= 0 or (kind == "int" and not is_int(step)):
             raise loc.error(at + ("step",), f"{show(step)} is not a positive "
                                             f"{'whole number' if kind == 'int' else 'number'} (step must be > 0)")
+        _check_step(loc, at, low, high, step)
     return Param(at[1], kind, low=low, high=high, step=step, log=log, when=when)
+
+
+def _check_step(loc: Located, at: tuple, low: Any, high: Any, step: Any) -> None:
+    """A step must split [low, high] into whole steps: Optuna would otherwise quietly move high (or, for a step
+    larger than the range, sample only low)."""
+    span = high - low
+    if span == 0:
+        return
+    if step > span:
+        raise loc.error(at + ("step",), f"{show(step)} is larger than the range {show(low)} to {show(high)} (use a "
+                                        f"step of at most {show(span)}: with this one only low is ever sampled)")
+    count = span / step
+    if abs(count - round(count)) > 1e-9 * max(1.0, count):
+        last = low + int(count) * step
+        shown = show(round(last, 12) if isinstance(last, float) else last)
+        raise loc.error(at + ("step",), f"{show(step)} does not divide the range {show(low)} to {show(high)} "
+                                        f"(high - low must be a whole number of steps: e.g. high {shown})")
 
 
 def _parse_when(loc: Located, at: tuple, raw: dict) -> dict:
@@ -190,11 +217,17 @@ def check_values(loc: Located, params: list[Param], base: TrainConfig) -> None:
         raise loc.error(("search", p.name) + sub, explain_first(TrainConfig, exc) + other) from None
 
     for p in params:
+        seen: list = []
         for i, v in enumerate(cands[p.name]):
             try:
-                base.with_overrides({p.name: v})
+                value = _field(base.with_overrides({p.name: v}), p.name)
             except ValidationError as exc:
                 fail(p, i, exc)
+            if p.kind == "choice" and value in seen:
+                first = p.choices[seen.index(value)]
+                raise loc.error(("search", p.name, "choice", i), f"{show(v)} is the same value as {show(first)} "
+                                f"once read as {p.name} takes it ({show(value)}) (each choice value may appear once)")
+            seen.append(value)
     for a, p in enumerate(params):
         for q in params[a + 1:]:
             for i, v in enumerate(cands[p.name]):
@@ -206,6 +239,12 @@ def check_values(loc: Located, params: list[Param], base: TrainConfig) -> None:
                     except ValidationError as exc:
                         fail(p, i, exc, f", with {q.name} {show(w)} from search.{q.name} (every combination the "
                                         "searcher may propose must be a valid config)")
+
+
+def _field(config: TrainConfig, name: str) -> Any:
+    """The value of key ``name`` (``lr``, ``model.quantizer``) in ``config``."""
+    section, _, leaf = name.rpartition(".")
+    return getattr(getattr(config, section or "train"), leaf)
 
 
 def _enabled(p: Param, values: dict) -> bool:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from ternsearch.errors import SpecError
+from ternsearch.spec.yaml12 import StructureProblem, check_structure, compose, construct
 from ternsearch.numbers import is_int
 
 __all__ = ["Located", "load_located", "key_path", "show", "did_you_mean", "explain", "explain_first"]
@@ -166,7 +167,14 @@ def explain(cls: type[BaseModel], loc: tuple, errors: list[dict]) -> tuple[tuple
         where = f"under {key_path(loc[:-1])}:" if loc[:-1] else "at the top level"
         return loc, f"required key is missing (add {loc[-1]}: {where})"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return loc, f"{show(got)} is out of range (must be {_bounds(info) or err['msg'].lower()})"
+        ctx = err.get("ctx", {})
+        inner = " and ".join(f"{sym} {show(ctx[k])}" for k, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"),
+                                                                     ("le", "<=")) if k in ctx)
+        return loc, f"{show(got)} is out of range (must be {_bounds(info) or inner or err['msg'].lower()})"
+    if kind == "string_too_short":
+        return loc, f"{show(got)} is empty (give a value)"
+    if kind == "finite_number":
+        return loc, f"{show(got)} is not a finite number (give a number such as 1 or 0.5)"
     if kind == "int_from_float":
         return loc, f"{show(got)} is not a whole number (expected an integer)"
     if kind in ("value_error", "assertion_error"):
@@ -223,24 +231,22 @@ def _walk(node: yaml.Node, path: Path_, lines: dict, file: str) -> None:
 
 
 def load_located(path: str | Path) -> Located:
-    """Read a YAML mapping with ``yaml.safe_load`` semantics and the line of every key.
+    """Read a YAML mapping (``yaml.safe_load`` with YAML 1.2 core-schema scalars, see :mod:`.yaml12`) and the line
+    of every key.
 
     Raises:
-        SpecError: unreadable file, YAML syntax error, duplicate key, empty file, top level not a mapping.
+        SpecError: unreadable file, not UTF-8, YAML syntax error, an alias bomb or a structure that contains
+            itself, duplicate key, empty file, top level not a mapping.
     """
     file = str(path)
+    text = _read_text(file)
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise SpecError(file, None, "", "no such file (give the path of a sweep or train YAML file)") from None
-    except IsADirectoryError:
-        raise SpecError(file, None, "", "is a directory (give the path of a sweep or train YAML file)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(file, None, "", f"cannot read the file: {exc.__class__.__name__} (give a readable UTF-8 "
-                                        "YAML file)") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = compose(text)
+        if node is not None:
+            check_structure(node)
+        data = None if node is None else construct(node)
+    except StructureProblem as exc:
+        raise SpecError(file, exc.line, "", exc.message) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -258,3 +264,35 @@ def load_located(path: str | Path) -> Located:
     lines: dict = {}
     _walk(node, (), lines, file)
     return Located(file, data, lines)
+
+
+def _read_text(file: str) -> str:
+    """The file's text: UTF-8 (a byte-order mark is dropped); anything else is refused naming the line."""
+    try:
+        raw = Path(file).read_bytes()
+    except FileNotFoundError:
+        raise SpecError(file, None, "", "no such file (give the path of a sweep or train YAML file)") from None
+    except IsADirectoryError:
+        raise SpecError(file, None, "", "is a directory (give the path of a sweep or train YAML file)") from None
+    except OSError as exc:
+        raise SpecError(file, None, "", f"cannot read the file: {exc.strerror or exc.__class__.__name__} (give a "
+                                        "readable sweep or train YAML file)") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError(file, 1, "", "the file is UTF-16 (save it as UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        bad = raw[exc.start:exc.start + 1].hex()
+        guess = ", probably Latin-1 or Windows-1252" if _decodes_as_latin(raw) else ""
+        raise SpecError(file, line, "", f"byte 0x{bad} is not UTF-8: the file is in another encoding{guess} "
+                                        "(save it as UTF-8)") from None
+
+
+def _decodes_as_latin(raw: bytes) -> bool:
+    """Bytes that read as Windows-1252 text: no undefined bytes and no C0 controls other than whitespace."""
+    try:
+        text = raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    return not any(ord(c) < 32 and c not in "\t\n\r" for c in text)
