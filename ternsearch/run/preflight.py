@@ -11,8 +11,10 @@ from trainables.datafiles import DataError, check_data
 from ternsearch.errors import PreflightError
 from ternsearch.results.outputs import unwritable
 from ternsearch.spec import SweepSpec
+from ternsearch.tracking.store import sqlite_path
 
-__all__ = ["check_environment", "check_inputs", "local_resources", "check_fits", "check_one_node"]
+__all__ = ["check_environment", "check_inputs", "local_resources", "check_fits", "check_one_node",
+           "check_tracking_store"]
 
 
 def local_resources() -> dict[str, float]:
@@ -102,3 +104,15 @@ def check_one_node(spec: SweepSpec, plan, where: str) -> None:
             "lower cpus_per_worker / gpus_per_worker, or check driver_resources names a resource a node has")
     raise PreflightError(str(spec.located.error(
         ("resources",), f"a trial needs {need}, each on one node, but no node of {where} holds that ({hint})")))
+
+
+def check_tracking_store(uri: str, where: Callable[[str], str]) -> None:
+    """A SQLite store's folder must be one that can be created and written: one line (``where(detail)``) before
+    anything starts or trains, not a traceback when the first run is recorded."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    why = unwritable(db.expanduser().resolve().parent)
+    if why:
+        raise PreflightError(where(f"the database's folder cannot be made or written: {why} (use a sqlite:/// URI "
+                                   "in a folder you can write, or leave tracking.uri out for one in the results)"))

@@ -20,7 +20,8 @@ from ternsearch.results.export import write_best_config
 from ternsearch.results.files import SWEEP, read_trials
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage, spec_digest
 from ternsearch.run.cluster import start_cluster
-from ternsearch.run.preflight import check_environment, check_fits, check_one_node, local_resources
+from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
+                                     local_resources)
 from ternsearch.run.startup import quiet_libraries, warm_imports
 from ternsearch.spec import SweepSpec, load_spec
 from ternsearch.spec.describe import metric_words
@@ -93,6 +94,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     check_results(results_dir, spec.file, resume)
     # An unreachable server: one line, in seconds, before Ray starts (the only probe of the sweep).
     uri = resolve_uri(results_dir, tracking_uri, spec.tracking.uri, probe=spec.tracking.enabled)
+    check_tracking_store(uri, (lambda d: f"--tracking-uri {tracking_uri}: {d}") if tracking_uri else
+                         (lambda d: str(spec.located.error(("tracking", "uri"), d))))
     if dry_run and address is None:
         cluster, nodes = local_resources(), None
     else:
