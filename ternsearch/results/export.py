@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from pydantic import ValidationError
 from trainables.config import TrainConfig
 
-from ternsearch.errors import OutputError, ResultsError
+from ternsearch.errors import OutputError, ResultsError, UsageError
 from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.files import SWEEP, read_trials
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage
@@ -18,7 +19,7 @@ from ternsearch.results.outputs import REGENERABLE, check_output, same_file
 from ternsearch.spec.describe import data_line
 from ternsearch.spec import load_spec
 
-__all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
+__all__ = ["export_command", "best_config", "write_best_config", "load_results_meta", "with_epochs"]
 
 
 def load_results_meta(results_dir: Path) -> dict[str, Any]:
@@ -79,6 +80,21 @@ def _tolerance(pick: str, name: str, text: str) -> float:
     return tol
 
 
+def with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """``cfg`` with ``train.epochs`` = ``epochs`` (``--epochs`` of ``export`` and ``train``).
+
+    Raises:
+        UsageError: the number is out of TrainConfig's range, or below what the config's other keys need
+            (``warmup_epochs``), in one line naming ``--epochs``.
+    """
+    try:
+        return cfg.with_overrides({"epochs": epochs})
+    except ValidationError as exc:
+        msg = str(exc.errors()[0].get("msg", exc)).removeprefix("Value error, ")
+        raise UsageError(f"--epochs {epochs}: {msg[:1].lower()}{msg[1:]} (a whole number of epochs, from 1 to "
+                         "100000 and more than the config's train.warmup_epochs)") from None
+
+
 def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[str] = None,
                 keep_split: bool = False) -> dict[str, Any]:
     """The chosen trial's (see ``chosen_trial``) full resolved config as a train-file mapping, with its origin.
@@ -89,7 +105,7 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
     meta, best = chosen_trial(results_dir, pick)
     cfg = TrainConfig.model_validate(meta["base"]).with_overrides(best["config"])
     if epochs is not None:
-        cfg = cfg.with_overrides({"epochs": epochs})
+        cfg = with_epochs(cfg, epochs)
     if not keep_split:
         cfg = cfg.with_overrides({"data.subset": None, "data.val_fraction": 0.0})
     doc = cfg.model_dump(mode="json")

@@ -14,6 +14,7 @@ from trainables.errors import BatchSizeError
 from trainables.failures import TrialFailure, cap_memory_from_env
 
 from ternsearch.errors import OutputError, PreflightError, TernsearchError, TrainingError
+from ternsearch.results.export import with_epochs
 from ternsearch.results.outputs import unwritable
 from ternsearch.run.preflight import check_inputs
 from ternsearch.spec import TrainFile
@@ -85,7 +86,7 @@ def _checked_config(tf: TrainFile, source: Path, epochs: Optional[int]):
     """The run's config (``epochs`` overriding train.epochs), its data and weight sources checked."""
     cfg = tf.base_config()
     if epochs is not None:
-        cfg = cfg.with_overrides({"epochs": epochs})
+        cfg = with_epochs(cfg, epochs)
     check_inputs(cfg, lambda key, detail: f"{source}: {'.'.join(key)}: {detail}")
     return cfg
 
