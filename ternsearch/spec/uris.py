@@ -51,7 +51,8 @@ def check_tracking_uri(uri: str) -> Optional[str]:
     Allowed: ``http(s)://HOST[:PORT][/PATH]`` (a host, a port 1-65535, brackets round an IPv6 address),
     ``sqlite:///FILE`` (a file path after the three slashes), a folder or ``file:FOLDER`` (a file store),
     ``postgresql://``, ``mysql://`` and ``mssql://`` database URIs (``+DRIVER`` too), ``databricks``. A scheme
-    MLflow knows only through a plugin is refused."""
+    MLflow knows only through a plugin is refused, and so is whitespace anywhere (a folder whose name has a space:
+    ``file:`` with ``%20``)."""
     if not isinstance(uri, str):
         return f"is not text ({TRACKING_ALLOWED})"
     odd = _odd_characters(uri)
