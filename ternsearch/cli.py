@@ -6,18 +6,22 @@ import argparse
 import atexit
 import json
 import os
+import re
+import shlex
 import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from ternsearch.errors import TernsearchError
+from ternsearch.errors import SpecError, TernsearchError, UsageError
 from ternsearch.results.export import export_command
+from ternsearch.run.preflight import check_tracking_store
 from ternsearch.run.sweep import sweep_command
 from ternsearch.run.train import train_file
 from ternsearch.spec import load_spec, load_train_file
 from ternsearch.spec.describe import metric_words
+from ternsearch.spec.uris import check_ray_address, check_storage_path, check_tracking_uri
 from ternsearch.spec.yamlsrc import load_located
 from ternsearch.tracking.train_runs import log_single_run
 from ternsearch.tracking.ui import ui_command
@@ -27,6 +31,8 @@ __all__ = ["main"]
 
 def _cmd_train(a: argparse.Namespace) -> int:
     tf = load_train_file(a.config)
+    if tf.tracking.enabled and tf.tracking.uri:  # a store that cannot be made: before training, not after it
+        check_tracking_store(tf.tracking.uri, lambda d: str(SpecError(a.config, None, "tracking.uri", d)))
     final = train_file(tf, Path(a.config), output=a.output, resume=a.resume, epochs=a.epochs,
                        progress=not a.quiet)
     if tf.tracking.enabled and (tf.tracking.uri or tf.origin.parent_run_id):
@@ -67,68 +73,140 @@ def _cmd_ui(a: argparse.Namespace) -> int:
     return ui_command(a)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ternsearch", description="Hyperparameter search for ternary networks.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse with its own mistakes (unknown flag, a value that is not an int, a missing argument) told like ours:
+    one line, ``ternsearch CMD: what is wrong (run ternsearch CMD --help)``, exit code 1, instead of the usage
+    text and exit code 2. ``--help`` still prints the help and exits 0."""
 
+    def error(self, message: str):
+        body = re.sub(r"^argument ", "", " ".join(str(message).split()))
+        raise UsageError(f"{self.prog}: {body} (run {self.prog} --help)")
+
+    def parse_args(self, args=None, namespace=None):  # unknown arguments: named by their subcommand's parser
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            getattr(parsed, "parser", self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+def _checked(flag: str, problem: Callable[[str], Optional[str]]) -> Callable[[str], str]:
+    """An argparse ``type``: the value as given, or ``UsageError`` ``FLAG VALUE: what is wrong (what is allowed)``
+    where ``problem`` (None: fine) says so."""
+    def check(text: str) -> str:
+        why = problem(text)
+        if why:
+            raise UsageError(f"{flag} {shlex.quote(text)}: {why}")
+        return text
+    return check
+
+
+def _whole(flag: str, low: int, high: Optional[int], wrong: str, allowed: str) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``; text that is no whole number is argparse's
+    own ``invalid int value`` line."""
+    def int_(text: str) -> int:
+        value = int(text)  # ValueError: argparse says "invalid int value: 'abc'"
+        if value < low or (high is not None and value > high):
+            raise UsageError(f"{flag} {value}: {wrong} ({allowed})")
+        return value
+    int_.__name__ = "int"
+    return int_
+
+
+def _path_problem(text: str) -> Optional[str]:
+    return "is empty (give a path)" if not text.strip() else None
+
+
+def _host_problem(text: str) -> Optional[str]:
+    if not text.strip() or any(c.isspace() for c in text):
+        return "is not a host name or address (e.g. 127.0.0.1, localhost, or 0.0.0.0 for every interface)"
+    return None
+
+
+_EPOCHS = _whole("--epochs", 1, None, "not a number of epochs", "a whole number, 1 or more")
+
+
+def _add_train_validate(sub) -> None:
     t = sub.add_parser("train", help="one training run without Ray (a train config or an exported best config)")
     t.add_argument("config")
-    t.add_argument("--output", "-o", help="run directory (default: the file's output:, runs/NAME)")
-    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
-    t.add_argument("--epochs", type=int, help="override train.epochs")
+    t.add_argument("--output", "-o", type=_checked("--output", _path_problem),
+                   help="run directory (default: the file's output:, runs/NAME)")
+    t.add_argument("--resume", metavar="DIR", type=_checked("--resume", _path_problem),
+                   help="continue the run in DIR from its latest checkpoint")
+    t.add_argument("--epochs", type=_EPOCHS, help="override train.epochs")
     t.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     t.set_defaults(func=_cmd_train)
-
     v = sub.add_parser("validate", help="check a sweep or train file; starts nothing")
     v.add_argument("file")
     v.set_defaults(func=_cmd_validate)
 
+
+def _add_sweep(sub) -> None:
     s = sub.add_parser("sweep", help="run a hyperparameter search")
     s.add_argument("file")
     s.add_argument("--dry-run", action="store_true", help="check everything, print the plan, start no trial")
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this file")
-    s.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)")
-    s.add_argument("--storage", help="override storage.path")
-    s.add_argument("--tracking-uri", help="override tracking.uri")
+    s.add_argument("--address", type=_checked("--address", check_ray_address),
+                   help="Ray cluster to join: auto or HOST:PORT (default: a local Ray)")
+    s.add_argument("--storage", type=_checked("--storage", check_storage_path), help="override storage.path")
+    s.add_argument("--tracking-uri", type=_checked("--tracking-uri", check_tracking_uri),
+                   help="override tracking.uri")
     s.add_argument("--quiet", "-q", action="store_true", help="less progress output")
     s.add_argument("--verbose", "-v", action="store_true",
                    help="also show Ray's, Tune's, MLflow's and Optuna's own output (and the trials' output)")
     s.set_defaults(func=_cmd_sweep)
 
+
+def _add_export(sub) -> None:
     e = sub.add_parser("export", help="write the best trial as a standalone train config (by default a full "
                        "retraining on the whole training set)")
     e.add_argument("results", help="a sweep's results directory, or the sweep's spec file")
-    e.add_argument("--spec", help="refuse unless this spec file (as it is now) made the results")
+    e.add_argument("--spec", type=_checked("--spec", _path_problem),
+                   help="refuse unless this spec file (as it is now) made the results")
     e.add_argument("--pick", metavar="OBJECTIVE[:TOL]", help="multi-objective sweeps: the Pareto trial best on "
                    "OBJECTIVE within TOL (default 0.01) of the best first objective, e.g. ternary_zero_frac:0.01")
-    e.add_argument("--packed", metavar="FILE", help="also write the best model packed at 2 bits a weight (.tern)")
-    e.add_argument("-o", "--output", default="best.yaml")
-    e.add_argument("--epochs", type=int, help="retrain for this many epochs")
+    e.add_argument("--packed", metavar="FILE", type=_checked("--packed", _path_problem),
+                   help="also write the best model packed at 2 bits a weight (.tern)")
+    e.add_argument("-o", "--output", default="best.yaml", type=_checked("--output", _path_problem))
+    e.add_argument("--epochs", type=_EPOCHS, help="retrain for this many epochs")
     e.add_argument("--keep-split", action="store_true", help="retrain on the sweep's data.subset and validation "
                    "split (default: on all 50,000 training images, data.val_fraction: 0, the val_* metrics then "
                    "measured on the training images)")
     e.set_defaults(func=_cmd_export)
 
+
+def _add_report_ui(sub) -> None:
     r = sub.add_parser("report", help="HTML report and trial table of a sweep")
     r.add_argument("results", help="a sweep's results directory")
-    r.add_argument("-o", "--output", help="HTML file (default: reports/NAME.html)")
+    r.add_argument("-o", "--output", type=_checked("--output", _path_problem),
+                   help="HTML file (default: reports/NAME.html)")
     r.set_defaults(func=_cmd_report)
-
     u = sub.add_parser("ui", help="the MLflow UI on a sweep's tracking store (listens on 127.0.0.1)")
     u.add_argument("results", help="a sweep's results directory")
-    u.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--host", default="127.0.0.1", type=_checked("--host", _host_problem),
+                   help="interface to listen on (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=_whole("--port", 0, 65535, "not a port", "1 to 65535, or 0 for a free one"),
+                   default=5000, help="port to listen on (0: a free one; default 5000)")
     u.set_defaults(func=_cmd_ui)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ternsearch", description="Hyperparameter search for ternary networks.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train_validate, _add_sweep, _add_export, _add_report_ui):
+        add(sub)
+    for command in sub.choices.values():
+        command.set_defaults(parser=command)  # whose error an unknown argument is (see _Parser.parse_args)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = None
     try:
+        args = _parser().parse_args(argv)
         return int(args.func(args) or 0)
     except TernsearchError as exc:
-        if args.debug:
+        if args is not None and args.debug:
             traceback.print_exc()
         print(str(exc), file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 __all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "OutputError", "TrackingError",
-           "TrainingError", "SweepFailedError"]
+           "TrainingError", "SweepFailedError", "UsageError"]
 
 
 class TernsearchError(Exception):
@@ -51,3 +51,8 @@ class TrainingError(TernsearchError):
 
 class SweepFailedError(TernsearchError):
     """The sweep ran but could not go on: its first trials all failed the same way, or every trial failed."""
+
+
+class UsageError(TernsearchError):
+    """A command-line argument is wrong (argparse's own errors included): ``--ARG VALUE: what is wrong (what is
+    allowed)``, or ``ternsearch CMD: ...`` for what argparse finds."""

@@ -102,7 +102,7 @@ CASES = {
     "another output's file": (lambda w, s, r: str(r / "trials.csv"), "it is a record of the sweep in"),
     "a directory": (lambda w, s, r: str(r / "tune"), "it is a directory"),
     "the current directory": (lambda w, s, r: ".", "it is a directory"),
-    "parent is a file": (lambda w, s, r: str(r / SWEEP / "out"), f"{SWEEP} is not a directory)"),
+    "parent is a file": (lambda w, s, r: str(r / SWEEP / "out"), f"{SWEEP} is not a directory;"),
     "parent not writable": (lambda w, s, r: str(_unwritable_place()), "its folder cannot be created or written"),
 }
 OUTPUTS = {
@@ -118,13 +118,17 @@ def _link(link: Path, target: Path, hard: bool = False) -> str:
 
 
 def _refused(argv: list[str], target: str, says: str, capsys, work: Path) -> None:
-    """``argv`` exits 1 with one line naming ``target`` and saying ``says``, and nothing under ``work`` changed."""
+    """``argv`` exits 1 with one line naming ``target`` and saying ``says``, and nothing under ``work`` changed.
+    A target given on the command line is named after its argument (``--output X: refusing ...``)."""
     before = _tree(work)
     assert main(argv) == 1
     captured = capsys.readouterr()
     line = captured.err.strip()
     assert "\n" not in line and "Traceback" not in line and captured.out == "", captured
-    assert line.startswith(f"{target}: refusing to write here: ") and says in line, line
+    flag = next((f for f, given in (("--packed", "--packed"), ("--output", "-o"))
+                 if given in argv and argv[argv.index(given) + 1] == target), None)
+    named = f"{flag} {target}" if flag else target
+    assert line.startswith(f"{named}: refusing to write here: ") and says in line, line
     assert _tree(work) == before
 
 
@@ -158,7 +162,7 @@ def test_export_of_the_spec_file_onto_itself(sweep, capsys):
 def test_packed_onto_the_yaml_of_the_same_command(sweep, capsys):
     work, _, results = sweep
     _refused(["export", str(results), "-o", "out.yaml", "--packed", "out.yaml"], "out.yaml",
-             "it is also the -o file", capsys, work)
+             "it is also the --output file", capsys, work)
 
 
 def test_report_tables_linked_to_records_are_refused(sweep, capsys):
@@ -175,8 +179,8 @@ def test_the_command_exits_1_without_a_traceback(sweep):
     before = _tree(work)
     proc = cli("report", str(results), "-o", str(spec), cwd=work, timeout=300)
     assert proc.returncode == 1 and proc.stdout == "", proc
-    assert proc.stderr.strip() == (f"{spec}: refusing to write here: it is the spec file that made the sweep "
-                                   f"({spec.resolve()})")
+    assert proc.stderr.strip() == (f"--output {spec}: refusing to write here: it is the spec file that made the "
+                                   f"sweep ({spec.resolve()}; give another path)")
     assert _tree(work) == before
 
 

@@ -357,6 +357,8 @@ def write_report(results_dir: str | Path, output: Optional[str | Path] = None) -
 
 def report_command(a) -> int:
     meta = load_results_meta(Path(a.results))
+    if a.output:  # named as the user's argument; the default, reports/NAME.html, is checked as write_report's own
+        check_output(a.output, a.results, REGENERABLE["report"], arg="--output")
     output = Path(a.output) if a.output else Path("reports") / f"{meta['name']}.html"
     print(write_report(a.results, output))
     return 0

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from pydantic import ValidationError
 from trainables.config import TrainConfig
 
-from ternsearch.errors import OutputError, ResultsError
+from ternsearch.errors import OutputError, ResultsError, UsageError
 from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.files import SWEEP, read_trials
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage
@@ -18,12 +19,15 @@ from ternsearch.results.outputs import REGENERABLE, check_output, same_file
 from ternsearch.spec.describe import data_line
 from ternsearch.spec import load_spec
 
-__all__ = ["export_command", "best_config", "write_best_config", "load_results_meta"]
+__all__ = ["export_command", "best_config", "write_best_config", "load_results_meta", "with_epochs"]
 
 
 def load_results_meta(results_dir: Path) -> dict[str, Any]:
     """The sweep.json of a results directory, or a one-line ResultsError."""
     path = Path(results_dir) / SWEEP
+    if Path(results_dir).exists() and not Path(results_dir).is_dir():
+        raise ResultsError(f"{results_dir}: not a results directory (a file; give the sweep's folder, the one "
+                           f"holding {SWEEP})")
     if not Path(results_dir).is_dir():
         raise ResultsError(f"{results_dir}: no such results directory")
     if not path.exists():
@@ -52,18 +56,43 @@ def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[st
     if name not in modes:
         raise ResultsError(f"--pick {pick}: '{name}' is not an objective of sweep '{meta['name']}' (choose from: "
                            f"{', '.join(modes)})")
-    try:
-        tol = float(tol_text) if tol_text else 0.01
-    except ValueError:
-        raise ResultsError(f"--pick {pick}: '{tol_text}' is not a number (OBJECTIVE[:TOLERANCE], e.g. "
-                           f"{name}:0.01)") from None
+    tol = _tolerance(pick, name, tol_text)
     front = pareto_trials(trials, objectives)
     if not front:
         raise ResultsError(f"{results_dir}: no completed trial has reported {', '.join(modes)}")
     primary, primary_mode = objectives[0]
     top = (max if primary_mode == "max" else min)(t["last"][primary] for t in front)
     near = [t for t in front if abs(t["last"][primary] - top) <= tol]
+    if not near:  # the front's values are not numbers after all (NaN)
+        raise ResultsError(f"{results_dir}: no Pareto trial has a usable {primary} to pick by")
     return meta, (max if modes[name] == "max" else min)(near, key=lambda t: t["last"][name])
+
+
+def _tolerance(pick: str, name: str, text: str) -> float:
+    """TOLERANCE of ``--pick OBJECTIVE[:TOLERANCE]``: a number, 0 or more (default 0.01)."""
+    allowed = f"OBJECTIVE[:TOLERANCE], TOLERANCE a number, 0 or more, e.g. {name}:0.01"
+    try:
+        tol = float(text) if text else 0.01
+    except ValueError:
+        raise ResultsError(f"--pick {pick}: '{text}' is not a number ({allowed})") from None
+    if not tol >= 0:  # NaN too
+        raise ResultsError(f"--pick {pick}: the tolerance {text} is not 0 or more ({allowed})")
+    return tol
+
+
+def with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """``cfg`` with ``train.epochs`` = ``epochs`` (``--epochs`` of ``export`` and ``train``).
+
+    Raises:
+        UsageError: the number is out of TrainConfig's range, or below what the config's other keys need
+            (``warmup_epochs``), in one line naming ``--epochs``.
+    """
+    try:
+        return cfg.with_overrides({"epochs": epochs})
+    except ValidationError as exc:
+        msg = str(exc.errors()[0].get("msg", exc)).removeprefix("Value error, ")
+        raise UsageError(f"--epochs {epochs}: {msg[:1].lower()}{msg[1:]} (a whole number of epochs, from 1 to "
+                         "100000 and more than the config's train.warmup_epochs)") from None
 
 
 def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[str] = None,
@@ -76,7 +105,7 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
     meta, best = chosen_trial(results_dir, pick)
     cfg = TrainConfig.model_validate(meta["base"]).with_overrides(best["config"])
     if epochs is not None:
-        cfg = cfg.with_overrides({"epochs": epochs})
+        cfg = with_epochs(cfg, epochs)
     if not keep_split:
         cfg = cfg.with_overrides({"data.subset": None, "data.val_fraction": 0.0})
     doc = cfg.model_dump(mode="json")
@@ -150,14 +179,28 @@ def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) ->
             f"({buf.tell() / 1e6:.2f} MB); load it with trainables.packed.load_packed")
 
 
+def _spec_argument(spec: Optional[str]) -> Optional[Path]:
+    """``--spec FILE``: an existing file, or one line saying what it is instead."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    if not path.exists():
+        raise ResultsError(f"--spec {spec}: no such file (give the spec file that made the sweep)")
+    if not path.is_file():
+        raise ResultsError(f"--spec {spec}: not a file (give the spec file that made the sweep)")
+    return path
+
+
 def export_command(a) -> int:
-    results = results_of(Path(a.results), Path(a.spec) if a.spec else None)
+    results = results_of(Path(a.results), _spec_argument(a.spec))
     specs = [Path(p) for p in (a.results, a.spec) if p and Path(p).is_file()]
-    check_output(a.output, results, REGENERABLE["export"], specs)  # both outputs before either is written
+    # both outputs before either is written
+    check_output(a.output, results, REGENERABLE["export"], specs, arg="--output")
     if a.packed:
-        check_output(a.packed, results, REGENERABLE["packed"], specs)
+        check_output(a.packed, results, REGENERABLE["packed"], specs, arg="--packed")
         if same_file(Path(a.packed), Path(a.output)):
-            raise OutputError(f"{a.packed}: refusing to write here: it is also the -o file")
+            raise OutputError(f"--packed {a.packed}: refusing to write here: it is also the --output file (give "
+                              "another path)")
     out = write_best_config(results, Path(a.output), a.epochs, a.pick, a.keep_split)
     print(out)
     if a.packed:

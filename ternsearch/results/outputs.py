@@ -88,33 +88,34 @@ def _spec_file(results_dir: Optional[Path]) -> Optional[Path]:
 
 def _why_refused(target: Path, results_dir: Path, allowed: frozenset, spec_files: Iterable[Path]) -> Optional[str]:
     if target.is_dir():
-        return "it is a directory"
+        return "it is a directory (give a file path)"
     root = _results_root(target, results_dir)
     for spec in (_spec_file(results_dir), _spec_file(root), *spec_files):
         if spec is not None and same_file(target, spec):
-            return f"it is the spec file that made the sweep ({spec})"
+            return f"it is the spec file that made the sweep ({spec}; give another path)"
     if root is not None and target.exists() and not (target.parent == root and target.name in allowed):
         may = f"; there it may replace only {', '.join(sorted(allowed))}" if allowed else ""
         return f"it is a record of the sweep in {root}, which this command does not write{may}"
     why = unwritable(target.parent)
     if why:
-        return f"its folder cannot be created or written ({why})"
+        return f"its folder cannot be created or written ({why}; give a path in a folder you can write)"
     if target.exists() and not os.access(target, os.W_OK):
-        return "the file is not writable"
+        return "the file is not writable (give a path you can write)"
     return None
 
 
 def check_output(path: str | Path, results_dir: str | Path, allowed_names: Iterable[str] = (),
-                 spec_files: Iterable[str | Path] = ()) -> Path:
+                 spec_files: Iterable[str | Path] = (), arg: Optional[str] = None) -> Path:
     """``path`` resolved, when the rule above lets a command reading ``results_dir`` write it; ``allowed_names``
-    are the output's regenerable names (see ``REGENERABLE``), ``spec_files`` spec files named on the command line.
+    are the output's regenerable names (see ``REGENERABLE``), ``spec_files`` spec files named on the command line,
+    ``arg`` the command-line argument that gave ``path`` (``--output``), named in the message.
 
     Raises:
-        OutputError: one line naming ``path`` as given and why it is refused.
+        OutputError: one line naming ``path`` as given (after ``arg``) and why it is refused.
     """
     target = Path(path).resolve()
     why = _why_refused(target, Path(results_dir).resolve(), frozenset(allowed_names),
                        [Path(s) for s in spec_files])
     if why:
-        raise OutputError(f"{path}: refusing to write here: {why}")
+        raise OutputError(f"{arg + ' ' if arg else ''}{path}: refusing to write here: {why}")
     return target

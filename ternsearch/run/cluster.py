@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-__all__ = ["Nodes", "BOOTSTRAP_CONFIG", "start_cluster", "autoscaler_nodes", "launcher_nodes", "total_resources"]
+from ternsearch.errors import UsageError
+from ternsearch.spec.uris import check_ray_address, split_host_port
+from ternsearch.tracking.net import connect_problem
+
+__all__ = ["Nodes", "BOOTSTRAP_CONFIG", "start_cluster", "autoscaler_nodes", "launcher_nodes", "total_resources",
+           "auto_address", "check_cluster"]
 
 Nodes = list[tuple[dict[str, float], int]]  # (resources of a node, how many such nodes)
 
@@ -56,6 +65,89 @@ def launcher_nodes(path: str) -> Optional[Nodes]:
         return None
 
 
+def auto_address() -> tuple[Optional[str], str]:
+    """``(the address --address auto stands for, or None, where it comes from)``, found as ``ray.init`` finds it
+    (ray 2.60, ``ray._private.services.get_ray_address_from_environment``): ``$RAY_ADDRESS``, else the cluster the
+    latest ``ray start`` on this machine recorded in ``<Ray's temp dir>/ray/ray_current_cluster`` (Ray's temp dir:
+    ``$RAY_TMPDIR``, on Linux ``$TMPDIR``, else /tmp). Ray's last resort, a GCS process found in ``ps`` (a
+    cluster some other program's ``ray.init`` started), is not tried: that one is not for a sweep to join."""
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env != "auto":
+        return env, "$RAY_ADDRESS"
+    temp = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+    recorded = Path(temp or "/tmp") / "ray" / "ray_current_cluster"
+    try:
+        return recorded.read_text().strip() or None, str(recorded)
+    except OSError:
+        return None, str(recorded)
+
+
+def check_cluster(address: str, timeout: float = 5.0) -> None:
+    """A Ray cluster's head must accept a connection at ``address`` (``auto``: see ``auto_address``) within
+    ``timeout`` seconds, and its GCS answer one request within 8 more: ``ray.init`` itself waits for minutes on
+    one that is not there (and for 20 s on a server that is not Ray's).
+
+    Raises:
+        UsageError: one line naming ``--address``, why, and what to do.
+    """
+    given, shown = address, f"--address {shlex.quote(address)}"
+    todo = "start one with ray start --head, or leave --address out for a local Ray"
+    if address == "auto":
+        found, source = auto_address()
+        if found is None:
+            raise UsageError(f"--address auto: no Ray cluster runs on this machine (none recorded in {source}; "
+                             f"{todo}, or give HOST:PORT of a head)")
+        shown, address = f"--address auto ({shlex.quote(found)}, from {source})", found
+    why = check_ray_address(address)
+    if why:
+        raise UsageError(f"{shown}: {why}")
+    host, port = split_host_port(address)
+    problem = connect_problem(host, port, timeout)
+    if problem is None:
+        problem = _gcs_problem(address, given, 8.0)  # with the connection's 5 s: within 15 s in all
+    if problem is None:
+        return
+    if problem.startswith("the cluster there"):
+        raise UsageError(f"{shown}: {problem}")
+    detail = "" if problem == "nothing listens there" else f"{problem}; "
+    raise UsageError(f"{shown}: no Ray cluster is listening there ({detail}{todo})")
+
+
+# One request to the cluster's GCS, in a process of its own: Ray's client logs its failures to the file descriptor
+# of stderr, and ray.init would retry for 20 s and more. Token authentication as ray.init would use it (ray 2.60,
+# ray._private.worker.init): an explicit address only with RAY_AUTH_MODE=token, auto with a token file too.
+_GCS_PROBE = """import sys
+try:
+    from ray._raylet import GcsClient
+    if sys.argv[2] == "auto":
+        from ray._private.authentication.authentication_token_setup import \\
+            maybe_enable_token_auth_if_token_available
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+except (ImportError, AttributeError):
+    sys.exit(3)  # private APIs of another Ray version: ray.init will tell
+GcsClient(address=sys.argv[1]).cluster_id
+"""
+_PROBE_CANNOT_TELL = 3
+
+
+def _gcs_problem(address: str, given: str, timeout: float) -> Optional[str]:
+    """None when a Ray GCS answers at ``address`` (``given`` as ``--address``) within ``timeout`` seconds, else
+    why not: something else accepted the connection (another server, a proxy), or the cluster wants a token."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _GCS_PROBE, address, given], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"it accepts connections but no Ray GCS answered within {timeout:g} s"
+    if proc.returncode in (0, _PROBE_CANNOT_TELL):
+        return None
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    last = lines[-1] if lines else "no answer"
+    if "AuthenticationError" in last:
+        return ("the cluster there uses token authentication and refused this process (set RAY_AUTH_MODE=token, "
+                "and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the cluster's token)")
+    return f"it accepts connections but is not a Ray GCS: {last[:160]}"
+
+
 def start_cluster(address: Optional[str], dashboard: bool = True,
                   verbose: bool = True) -> tuple[dict[str, float], Nodes]:
     """The cluster's resources, all nodes together, and node by node (nodes its autoscaler may add included).
@@ -71,8 +163,14 @@ def start_cluster(address: Optional[str], dashboard: bool = True,
         kwargs = ({"include_dashboard": True, "dashboard_host": "127.0.0.1"} if dashboard
                   else {"include_dashboard": False})
     # Not verbose: trials' own output stays in their log files under Ray's session directory.
-    ray.init(address=address, ignore_reinit_error=True, configure_logging=True,
-             logging_level="WARNING" if verbose else "ERROR", log_to_driver=verbose, **kwargs)
+    try:
+        ray.init(address=address, ignore_reinit_error=True, configure_logging=True,
+                 logging_level="WARNING" if verbose else "ERROR", log_to_driver=verbose, **kwargs)
+    except ConnectionError as exc:  # a cluster check_cluster found, gone since, or one that does not let us in
+        if address is None:
+            raise
+        raise UsageError(f"--address {shlex.quote(address)}: Ray could not join the cluster there "
+                         f"({' '.join(str(exc).split())[:200]})") from None
     nodes: Nodes = [({k: float(v) for k, v in n["Resources"].items()}, 1) for n in ray.nodes() if n.get("Alive")]
     if address is not None:
         scaled = autoscaler_nodes()

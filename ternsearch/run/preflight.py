@@ -47,8 +47,10 @@ def check_inputs(cfg, where: Callable[[tuple[str, ...], str], str], data_key: tu
             raise PreflightError(where(tuple(exc.key.split(".")), exc.detail)) from None
 
 
-def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> None:
-    """Data present, storage writable, GPUs present when asked for, multi-node constraints.
+def check_environment(spec: SweepSpec, storage: str, address: Optional[str],
+                      storage_arg: Optional[str] = None) -> None:
+    """Data present, storage writable, GPUs present when asked for, multi-node constraints. ``storage`` is the
+    resolved storage path; ``storage_arg`` the ``--storage`` that gave it, if any (named in the message).
 
     Raises:
         PreflightError: one line naming the file, the key and what to do.
@@ -57,6 +59,9 @@ def check_environment(spec: SweepSpec, storage: str, address: Optional[str]) -> 
     check_inputs(spec.base_config(),  # the absolute paths the trials will read
                  lambda key, detail: str(loc.error(key, detail)), ("data", "root") if spec.data.root else ("data",))
     why = unwritable(Path(storage)) if "://" not in storage else None
+    if why and storage_arg:
+        raise PreflightError(f"--storage {storage_arg}: {storage} is not writable: {why} (give a directory you "
+                             "can write)")
     if why:
         raise PreflightError(str(loc.error(("storage", "path"), f"{storage} is not writable: {why} (use a "
                                            "directory you can write, or --storage DIR)")))

@@ -19,7 +19,7 @@ from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.export import write_best_config
 from ternsearch.results.files import SWEEP, read_trials
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage, spec_digest
-from ternsearch.run.cluster import start_cluster
+from ternsearch.run.cluster import check_cluster, start_cluster
 from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
                                      local_resources)
 from ternsearch.run.startup import quiet_libraries, warm_imports
@@ -90,7 +90,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
 
     storage_path = resolve_storage(spec, storage)
     results_dir = records_dir(spec.name, storage_path)
-    check_environment(spec, storage_path, address)
+    check_environment(spec, storage_path, address, storage)
     check_results(results_dir, spec.file, resume)
     # An unreachable server: one line, in seconds, before Ray starts (the only probe of the sweep).
     uri = resolve_uri(results_dir, tracking_uri, spec.tracking.uri, probe=spec.tracking.enabled)
@@ -99,6 +99,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     if dry_run and address is None:
         cluster, nodes = local_resources(), None
     else:
+        if address is not None:
+            check_cluster(address)  # seconds, not ray.init's minutes, for a cluster that is not there
         # Ray takes seconds to import: the checks above run without it, and so does a local dry run
         import ray
 

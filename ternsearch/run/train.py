@@ -13,7 +13,9 @@ from tqdm import tqdm
 from trainables.errors import BatchSizeError
 from trainables.failures import TrialFailure, cap_memory_from_env
 
-from ternsearch.errors import PreflightError, TernsearchError, TrainingError
+from ternsearch.errors import OutputError, PreflightError, TernsearchError, TrainingError
+from ternsearch.results.export import with_epochs
+from ternsearch.results.outputs import unwritable
 from ternsearch.run.preflight import check_inputs
 from ternsearch.spec import TrainFile
 from ternsearch.tracking.store import copy_redacted
@@ -34,10 +36,18 @@ def latest_checkpoint(run_dir: Path, warn=print) -> Optional[Path]:
     return newest_usable(run_dir, warn)
 
 
-def _output_dir(tf: TrainFile, override: Optional[str]) -> Path:
-    """The run directory (``--output``/``--resume DIR``, else the file's ``output:``), absolute against the current
-    directory: what the run records (final_metrics.json, MLflow tags) points there from anywhere."""
-    return Path(override or tf.output.format(name=tf.name)).expanduser().resolve()
+def _output_dir(tf: TrainFile, source: Path, output: Optional[str], resume: Optional[str]) -> Path:
+    """The run directory (``--resume DIR``/``--output``, else the file's ``output:``), absolute against the current
+    directory: what the run records (final_metrics.json, MLflow tags) points there from anywhere. Refused in one
+    line, before anything is written, where it cannot be made or written (a file, a parent that is a file...)."""
+    out = Path(resume or output or tf.output.format(name=tf.name)).expanduser().resolve()
+    if resume and not out.exists():
+        raise PreflightError(f"--resume {resume}: no such run directory (give the folder of the run to continue)")
+    why = unwritable(out)
+    if why:
+        where = f"--resume {resume}" if resume else f"--output {output}" if output else f"{source}: output"
+        raise OutputError(f"{where}: cannot write the run there ({why}; give a folder you can write)")
+    return out
 
 
 def train_file(
@@ -52,7 +62,7 @@ def train_file(
 ) -> dict[str, Any]:
     """Train the run ``tf`` describes; returns the final metrics (including test accuracy)."""
     cfg = _checked_config(tf, source, epochs)
-    out = _output_dir(tf, resume or output)
+    out = _output_dir(tf, source, output, resume)
     resume_from = _resume_point(out, cfg.train.epochs) if resume else None
     (out / CKPT_DIR).mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -76,7 +86,7 @@ def _checked_config(tf: TrainFile, source: Path, epochs: Optional[int]):
     """The run's config (``epochs`` overriding train.epochs), its data and weight sources checked."""
     cfg = tf.base_config()
     if epochs is not None:
-        cfg = cfg.with_overrides({"epochs": epochs})
+        cfg = with_epochs(cfg, epochs)
     check_inputs(cfg, lambda key, detail: f"{source}: {'.'.join(key)}: {detail}")
     return cfg
 

@@ -12,9 +12,10 @@ from typing import Optional
 from ternsearch.spec.models import Param, SweepSpec, TrackingConfig, TrainFile, _SweepModel, largest_epochs
 from ternsearch.spec.params import EXAMPLE, check_conditions, check_values, parse_param
 from ternsearch.spec.runcheck import check_full_precision, check_run
+from ternsearch.spec.uris import check_storage_path, check_tracking_uri
 from ternsearch.spec.yamlsrc import Located, did_you_mean, load_located, show
 
-__all__ = ["STORAGE_SCHEMES", "load_spec", "load_train_file", "storage_problem"]
+__all__ = ["load_spec", "load_train_file"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _SWEEP_ONLY = ("search", "searcher", "scheduler", "resources", "storage", "failure")
@@ -137,31 +138,9 @@ def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
         raise loc.error(("resources", "trainer"), f"'function' runs one worker, but workers_per_trial is "
                         f"{res.workers_per_trial} (use auto or torchtrainer)")
     _check_tracking_uri(loc, doc.tracking)
-    problem = storage_problem(doc.storage.path)
+    problem = check_storage_path(doc.storage.path)
     if problem:
-        raise loc.error(("storage", "path"), problem)
-
-
-# What Ray Tune's storage (pyarrow.fs) opens besides a local path.
-STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
-
-
-def storage_problem(path: str) -> Optional[str]:
-    """What is wrong with a storage path (``storage.path`` or ``--storage``), or None: it must be a local path
-    or a URI of a file system Ray Tune opens (``STORAGE_SCHEMES``), a ``file://`` URI with an absolute path."""
-    allowed = f"a local directory, or a URI: {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
-    if not path.strip():
-        return f"{show(path)} is empty ({allowed})"
-    scheme, sep, rest = path.partition("://")
-    if not sep:
-        return None
-    if scheme not in STORAGE_SCHEMES:
-        return f"{show(path)}: {show(scheme + '://')} is not a storage Ray Tune can open ({allowed})"
-    if scheme == "file" and not rest.startswith("/"):
-        return f"{show(path)} is not a file URI of an absolute path (write file:///ABSOLUTE/PATH, or a plain path)"
-    if not rest.strip("/"):
-        return f"{show(path)} names no bucket or path ({allowed})"
-    return None
+        raise loc.error(("storage", "path"), f"{show(doc.storage.path)} {problem}")
 
 
 def _check_batch_split(loc: Located, doc: _SweepModel, searched: Optional[Param]) -> None:
@@ -199,23 +178,10 @@ def _check_val_split(loc: Located, doc: _SweepModel, searched: Optional[Param]) 
                         f"low {show(searched.low)} holds out no validation images ({allowed})")
 
 
-_URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-
-
 def _check_tracking_uri(loc: Located, tracking: TrackingConfig) -> None:
-    uri = tracking.uri
-    if uri is None:
-        return
-    scheme, sep, rest = uri.partition("://")
-    base = scheme.split("+")[0]
-    if sep:
-        ok = base in _URI_SCHEMES and not (base in ("http", "https") and not rest.strip("/")) and not (
-            base == "sqlite" and not rest.startswith("/"))
-    else:
-        ok = bool(uri.strip()) and ":" not in uri.split("/")[0]  # a plain local path: MLflow's file store
-    if not ok:
-        raise loc.error(("tracking", "uri"), f"{show(uri)} is not a tracking URI (use sqlite:///FILE.db, "
-                        "http://HOST:PORT, file:///DIR or a local directory path)")
+    problem = None if tracking.uri is None else check_tracking_uri(tracking.uri)
+    if problem:
+        raise loc.error(("tracking", "uri"), f"{show(tracking.uri)} {problem}")
 
 
 def load_train_file(path: str | Path) -> TrainFile:

@@ -57,7 +57,7 @@ class ResourcesConfig(Strict):
 
 
 class StorageConfig(Strict):
-    path: str = "~/ternsearch-results"  # checked by ternsearch.spec.load.storage_problem
+    path: str = "~/ternsearch-results"  # checked by ternsearch.spec.uris.check_storage_path
     shared: bool = False
 
 

@@ -5,16 +5,19 @@ is pointed at that server instead. The command replaces itself with the server, 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
-from ternsearch.errors import ResultsError
+from ternsearch.errors import ResultsError, UsageError
 from ternsearch.results.export import load_results_meta
+from ternsearch.tracking.net import listen_problem
 from ternsearch.tracking.store import redact, sqlite_path
 
-__all__ = ["ui_command", "server_argv"]
+__all__ = ["ui_command", "server_argv", "listen_port"]
 
 LOOPBACK = "127.0.0.1"
 
@@ -26,6 +29,41 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _url(host: str, port: int) -> str:
+    """Where a browser on this machine finds a server listening on ``host``: a wildcard address is shown as
+    loopback; an IPv6 address in brackets."""
+    shown = {"0.0.0.0": LOOPBACK, "::": "::1"}.get(host, host)
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+def listen_port(host: str, port: int) -> int:
+    """The port the server will listen on: ``port``, or for 0 a free one. Tries to bind ``host:port`` first, so a
+    port in use or a host that is not this machine's is one line before the server starts (and prints its logs).
+    A race remains: another program may take the port between this check and the server's own bind.
+
+    Raises:
+        UsageError: naming ``--host`` or ``--port`` and what is allowed.
+    """
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: not a port (1 to 65535, or 0 for a free one)")
+    found, exc = listen_problem(host, port)
+    if exc is None:
+        return found
+    where = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        raise UsageError(f"--host {host}: unknown host (an address of this machine to listen on: 127.0.0.1, "
+                         "localhost, or 0.0.0.0 for every interface)")
+    if exc.errno == errno.EADDRINUSE:
+        raise UsageError(f"--port {port}: {where} is already in use (stop what listens there, or give another "
+                         "--port, or --port 0 for a free one)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        raise UsageError(f"--host {host}: not an address of this machine, so nothing can listen there (127.0.0.1, "
+                         "localhost, an address of one of its interfaces, or 0.0.0.0 for all)")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    raise UsageError(f"--host {host} --port {port}: cannot listen on {where}: {reason} (a port from 1024 to 65535 "
+                     "needs no privileges; --port 0 picks a free one)")
 
 
 def server_argv(uri: str, host: str, port: int) -> list[str]:
@@ -48,14 +86,14 @@ def ui_command(a) -> int:
         db = results / db.name
     if not db.is_file():
         raise ResultsError(f"{results}: its tracking store {db} does not exist (tracking_uri in sweep.json: {uri})")
+    port = listen_port(a.host, a.port)
     if not _is_loopback(a.host):
         print(f"warning: the MLflow UI will listen on {a.host}: anyone who can reach this machine can read and "
               "change the sweep's runs (MLflow has no login here)", file=sys.stderr)
-    shown = "127.0.0.1" if a.host in ("0.0.0.0", "::") else a.host
-    print(f"MLflow UI for sweep '{meta.get('name')}' (experiment '{experiment}'): http://{shown}:{a.port}  "
+    print(f"MLflow UI for sweep '{meta.get('name')}' (experiment '{experiment}'): {_url(a.host, port)}  "
           "(Ctrl-C stops it)", flush=True)
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # no job runner and its consumers
-    argv = server_argv(f"sqlite:///{db.resolve()}", a.host, a.port)
+    argv = server_argv(f"sqlite:///{db.resolve()}", a.host, port)
     os.execve(argv[0], argv, env)
     return 0  # not reached
