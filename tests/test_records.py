@@ -348,3 +348,26 @@ def test_unwritten_tracking_writes_never_replace_a_hand_edited_list(tmp_path):
     assert queue._save_unwritten() == tmp_path / f"{UNWRITTEN_FILE}.new"
     assert (tmp_path / UNWRITTEN_FILE).read_text() == '[{"trial_id": "a", '
     assert sorted(os.listdir(tmp_path)) == [UNWRITTEN_FILE, f"{UNWRITTEN_FILE}.new"]
+
+
+def test_export_of_hand_edited_configs_is_one_line(sweep):
+    """A sweep.json whose fixed config, or a trials.json whose searched values, no longer make a train config."""
+    work, _, results = sweep
+    meta = json.loads((results / "sweep.json").read_text())
+    meta["base"]["model"]["arch"] = 5
+    (results / "sweep.json").write_text(json.dumps(meta))
+    before = _tree(work)
+    line = _one_line(cli("export", str(results), "-o", str(results / "best.yaml"), cwd=work))
+    assert line.startswith(f"{results / 'sweep.json'}: not a sweep record ('base' is not a train config: model.arch: "
+                           "Input should be a valid string); sweep.json is written when the sweep starts")
+    assert _tree(work) == before
+    meta["base"]["model"]["arch"] = "tinynet"
+    (results / "sweep.json").write_text(json.dumps(meta))
+    trials = json.loads((results / "trials.json").read_text())
+    trials["tr00"]["config"]["colour"] = "red"
+    (results / "trials.json").write_text(json.dumps(trials))
+    before = _tree(work)
+    line = _one_line(cli("export", str(results), "-o", str(results / "best.yaml"), cwd=work))
+    assert line == (f"{results / 'trials.json'}: trial 'tr00': its config is not one this sweep makes (KeyError: "
+                    "'colour'); restore trials.json from a copy")
+    assert _tree(work) == before

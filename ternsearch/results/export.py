@@ -103,8 +103,13 @@ def _trial_config(results_dir: Path, meta: dict, trial: dict) -> TrainConfig:
 
 
 def _first_line(exc: Exception) -> str:
+    """What is wrong, in a few words: pydantic's first error (``model.arch: Input should be...``), else the text."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and errors():
+        first = errors()[0]
+        return f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', '')}"[:200]
     text = str(exc).strip().splitlines()
-    return " ".join(text[:2])[:200] if text else type(exc).__name__
+    return text[0][:200] if text else type(exc).__name__
 
 
 def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[str] = None,
