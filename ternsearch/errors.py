@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "OutputError", "TrackingError",
-           "TrainingError", "SweepFailedError", "UsageError"]
+__all__ = ["TernsearchError", "SpecError", "PreflightError", "ResultsError", "RecordError", "OutputError",
+           "TrackingError", "TrainingError", "SweepFailedError", "UsageError"]
 
 
 class TernsearchError(Exception):
@@ -34,6 +34,24 @@ class PreflightError(TernsearchError):
 
 class ResultsError(TernsearchError):
     """A results directory is missing, incomplete, or belongs to another spec."""
+
+
+class RecordError(ResultsError):
+    """A record file of a results directory is torn or hand-edited: ``WHERE: PROBLEM; HINT``, ``WHERE`` the file
+    (``FILE:LINE`` for a line of ``history.jsonl``), ``HINT`` what to do (or what was done instead)."""
+
+    def __init__(self, where: str, problem: str, hint: str = ""):
+        self.where, self.problem, self.hint = str(where), problem, hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}" + (f"; {self.hint}" if self.hint else "")
+
+    def __reduce__(self):
+        return (RecordError, (self.where, self.problem, self.hint))
+
+    def with_hint(self, hint: str) -> "RecordError":
+        return RecordError(self.where, self.problem, hint)
 
 
 class OutputError(TernsearchError):

@@ -51,10 +51,14 @@ def test_train_then_resume_continues_and_evaluates_on_test(tmp_path, data_root):
 
 
 def test_a_batch_larger_than_the_data_is_one_line_exit_1(tmp_path, data_root):
-    """Found by the loop once the data is loaded (trainables' BatchSizeError): one line naming the key."""
+    """Found when the file loads, before any data is read or any folder made: one line naming the key and line."""
     cfg = tmp_path / "big.yaml"
-    cfg.write_text(CONFIG.replace("subset: 600", "subset: 100").replace("batch_size: 64", "batch_size: 128"))
+    text = CONFIG.replace("subset: 600", "subset: 100").replace("batch_size: 64", "batch_size: 128")
+    cfg.write_text(text)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if "batch_size: 128" in row)
     proc = _train(str(cfg), "-o", str(tmp_path / "out"), "-q", cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"{cfg}: train.batch_size: 80 training images per worker are fewer than one batch of 128"]
+        f"{cfg}:{line}: train.batch_size: batch_size 128 is more than the 80 training images of the split (a batch "
+        "must fit: use at most 80, or a larger data.subset)"]
+    assert not (tmp_path / "out").exists()

@@ -37,19 +37,37 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder: its entries) to disk; a folder that cannot be opened is left as is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(directory: str | Path, state: dict[str, Any], manifest: dict[str, Any]) -> Path:
     """Write ``state`` (tensors and plain Python values only) and a manifest holding its sha256.
 
-    The manifest is written last and atomically, so a directory with a manifest has a complete state file.
+    The manifest is written last and atomically (a temporary file, fsynced, renamed, the folder fsynced), after
+    the state file is on disk: a directory with a manifest has a complete state file, even after a power cut.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state_path = directory / STATE_FILE
     torch.save(state, state_path)
+    _fsync(state_path)
     full = dict(manifest, state_sha256=_sha256(state_path), state_bytes=state_path.stat().st_size)
     tmp = directory / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(full, indent=1, sort_keys=True, default=str))
+    _fsync(tmp)
     os.replace(tmp, directory / MANIFEST_FILE)
+    _fsync(directory)
     return directory
 
 

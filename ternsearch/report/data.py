@@ -10,9 +10,10 @@ keeps the same split: an info layer that tests target, then plotly). Parameter i
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import pandas as pd
 from trainables.failures import failure_reason
@@ -20,14 +21,14 @@ from trainables.failures import failure_reason
 from ternsearch.errors import SpecError
 from ternsearch.numbers import fmt_number, is_number
 from ternsearch.results.best import pareto_front
-from ternsearch.results.export import load_results_meta
-from ternsearch.results.files import read_history, read_trials
+from ternsearch.results.export import load_results_meta, read_trials_or_rebuild
+from ternsearch.results.files import read_history
 from ternsearch.spec import Param, load_spec
 from ternsearch.spec.space import ordered
 
 __all__ = ["Results", "Curve", "load_results", "trial_table", "best_so_far", "optimization_history",
            "learning_curves", "pareto_front", "sparsity_tradeoff", "layer_sparsity", "parallel_dimensions",
-           "trial_label", "PARAM_PREFIX", "FINISHED"]
+           "trial_label", "print_warning", "PARAM_PREFIX", "FINISHED"]
 
 PARAM_PREFIX = "params_"  # trial-table columns of searched values, as in Optuna's study.trials_dataframe()
 FINISHED = ("completed", "stopped")  # trials whose last metric is a real result (failed ones may hold a sentinel)
@@ -52,6 +53,10 @@ class Results:
         return self.meta.get("mode", "max") == "max"
 
 
+def print_warning(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def infer_param(name: str, seen: Sequence[Any]) -> Param:
     """A Param guessed from the values a parameter took (when spec.yaml is gone, unreadable or changed)."""
     seen = [v for v in seen if v is not None]
@@ -60,12 +65,15 @@ def infer_param(name: str, seen: Sequence[Any]) -> Param:
     return Param(name, "choice", choices=tuple(dict.fromkeys(seen)))
 
 
-def load_results(results_dir: str | Path) -> Results:
-    """Read a results directory (``ResultsError`` if it is not one)."""
+def load_results(results_dir: str | Path, warn: Optional[Callable[[str], None]] = print_warning) -> Results:
+    """Read a results directory (``ResultsError`` if it is not one, ``RecordError`` naming a record that is torn
+    or hand-edited). A torn trials.json is rebuilt from history.jsonl and Tune's state (one warning line on
+    stderr), a torn last line of history.jsonl skipped (``warn`` told); any other history line that is not a record
+    is an error naming its file and line."""
     path = Path(results_dir)
     meta = load_results_meta(path)
-    trials = read_trials(path)
-    history = [r for r in read_history(path) if r.get("trial_id") in trials]
+    trials = read_trials_or_rebuild(path)
+    history = [r for r in read_history(path, warn=warn) if r.get("trial_id") in trials]
     names = list(meta.get("params") or [])
     try:
         params = tuple(ordered(load_spec(path / "spec.yaml").params))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -14,10 +13,12 @@ from typing import Any, Callable, Optional
 import pandas as pd
 
 from ternsearch.numbers import fmt_number
+from ternsearch.results.atomic import replace_with
 from ternsearch.results.export import load_results_meta
 from ternsearch.results.outputs import REGENERABLE, check_output
 from ternsearch.report.data import (PARAM_PREFIX, Results, learning_curves, layer_sparsity, load_results,
-                                    optimization_history, parallel_dimensions, sparsity_tradeoff, trial_table)
+                                    optimization_history, parallel_dimensions, print_warning, sparsity_tradeoff,
+                                    trial_table)
 from ternsearch.report.importance import importances
 from ternsearch.tracking.links import RunLinks, mlflow_links
 
@@ -320,29 +321,24 @@ def _parquet_safe(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_tables(table: pd.DataFrame, directory: Path) -> tuple[Path, Path]:
     """``trials.csv`` and ``trials.parquet`` in ``directory``."""
     csv, parquet = Path(directory) / "trials.csv", Path(directory) / "trials.parquet"
-    _atomic_write(csv, lambda p: table.to_csv(p, index=False))
-    _atomic_write(parquet, lambda p: _parquet_safe(table).to_parquet(p, index=False))
+    replace_with(csv, lambda p: table.to_csv(p, index=False))
+    replace_with(parquet, lambda p: _parquet_safe(table).to_parquet(p, index=False))
     return csv, parquet
 
 
-def write_report(results_dir: str | Path, output: Optional[str | Path] = None) -> Path:
+def write_report(results_dir: str | Path, output: Optional[str | Path] = None,
+                 warn: Optional[Callable[[str], None]] = print_warning) -> Path:
     """Write the HTML report (default ``<results>/report.html``) and ``<results>/trials.{csv,parquet}``;
-    returns the report's path.
+    returns the report's path. ``warn`` is told of a torn last line of history.jsonl (skipped).
 
     Raises:
         ResultsError: ``results_dir`` is not a sweep's results directory.
         OutputError: an output would overwrite a record or the spec (``ternsearch.results.outputs``); nothing written.
     """
-    results = load_results(results_dir)
+    results = load_results(results_dir, warn)
     out = Path(output) if output else results.path / REPORT
     check_output(out, results.path, REGENERABLE["report"])
     for name in ("trials.csv", "trials.parquet"):
@@ -351,7 +347,7 @@ def write_report(results_dir: str | Path, output: Optional[str | Path] = None) -
     write_tables(table, results.path)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = render_report(results, table, mlflow_links(results))
-    _atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
+    replace_with(out, lambda p: p.write_text(text, encoding="utf-8"))
     return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,11 +11,13 @@ import yaml
 from pydantic import ValidationError
 from trainables.config import TrainConfig
 
-from ternsearch.errors import OutputError, ResultsError, UsageError
+from ternsearch.errors import OutputError, RecordError, ResultsError, UsageError
+from ternsearch.results.atomic import write_atomic
 from ternsearch.results.best import best_trial, pareto_trials
-from ternsearch.results.files import SWEEP, read_trials
+from ternsearch.results.files import SWEEP, SWEEP_HINT, TRIALS, read_sweep, read_trials
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage
 from ternsearch.results.outputs import REGENERABLE, check_output, same_file
+from ternsearch.results.rebuild import recover_trials
 from ternsearch.spec.describe import data_line
 from ternsearch.spec import load_spec
 
@@ -23,19 +25,33 @@ __all__ = ["export_command", "best_config", "write_best_config", "load_results_m
 
 
 def load_results_meta(results_dir: Path) -> dict[str, Any]:
-    """The sweep.json of a results directory, or a one-line ResultsError."""
-    path = Path(results_dir) / SWEEP
-    if Path(results_dir).exists() and not Path(results_dir).is_dir():
-        raise ResultsError(f"{results_dir}: not a results directory (a file; give the sweep's folder, the one "
-                           f"holding {SWEEP})")
-    if not Path(results_dir).is_dir():
-        raise ResultsError(f"{results_dir}: no such results directory")
-    if not path.exists():
-        raise ResultsError(f"{results_dir}: not a ternsearch results directory (no {SWEEP})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise ResultsError(f"{path}: unreadable ({exc})") from None
+    """The sweep.json of a results directory, or a one-line ResultsError (``ternsearch.results.files.read_sweep``)."""
+    return read_sweep(Path(results_dir))
+
+
+def read_trials_or_rebuild(results_dir: Path) -> dict:
+    """trials.json; a torn one rebuilt from the other records (``ternsearch.results.rebuild``), with one warning
+    line on stderr. The file itself is left as it is: only a resumed sweep rewrites it."""
+    trials, rebuilt = recover_trials(Path(results_dir))
+    _warn_rebuilt(rebuilt)
+    return trials
+
+
+def _warn_rebuilt(rebuilt: Optional[str]) -> None:
+    if rebuilt:
+        print(f"warning: {rebuilt} (this command leaves {TRIALS} as it is)", file=sys.stderr)
+
+
+def _exportable(results_dir: Path, trial: dict, rebuilt: Optional[str]) -> dict:
+    """``trial``, when its searched values are known; the one warning line of a rebuilt trials.json said."""
+    if trial.get("config_unknown"):
+        try:
+            read_trials(results_dir)
+        except RecordError as exc:
+            raise exc.with_hint(f"the chosen trial {trial['trial_id']}'s searched values are in no other record "
+                                f"(Tune's state, its params.json): restore {TRIALS} from a copy to export it") from None
+    _warn_rebuilt(rebuilt)
+    return trial
 
 
 def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -44,12 +60,12 @@ def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[st
     0.01) of the front's best value of the first objective, e.g. ``ternary_zero_frac:0.01``: the sparsest
     model within one point of the best accuracy."""
     meta = load_results_meta(results_dir)
-    trials = read_trials(results_dir)
+    trials, rebuilt = recover_trials(Path(results_dir))
     if not pick:
         best = best_trial(trials, meta["metric"], meta["mode"], meta.get("objectives"))
         if best is None:
             raise ResultsError(f"{results_dir}: no trial has reported {meta['metric']} yet")
-        return meta, best
+        return meta, _exportable(results_dir, best, rebuilt)
     objectives = meta.get("objectives") or [[meta["metric"], meta["mode"]]]
     modes = dict(objectives)
     name, _, tol_text = pick.partition(":")
@@ -65,7 +81,34 @@ def chosen_trial(results_dir: Path, pick: Optional[str] = None) -> tuple[dict[st
     near = [t for t in front if abs(t["last"][primary] - top) <= tol]
     if not near:  # the front's values are not numbers after all (NaN)
         raise ResultsError(f"{results_dir}: no Pareto trial has a usable {primary} to pick by")
-    return meta, (max if modes[name] == "max" else min)(near, key=lambda t: t["last"][name])
+    chosen = (max if modes[name] == "max" else min)(near, key=lambda t: t["last"][name])
+    return meta, _exportable(results_dir, chosen, rebuilt)
+
+
+def _trial_config(results_dir: Path, meta: dict, trial: dict) -> TrainConfig:
+    """The sweep's fixed config (sweep.json's ``base``) with the trial's searched values; a hand-edited record that
+    does not make one is a one-line RecordError naming the file."""
+    try:
+        base = TrainConfig.model_validate(meta.get("base"))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise RecordError(Path(results_dir) / SWEEP, f"not a sweep record ('base' is not a train config: "
+                          f"{_first_line(exc)})", SWEEP_HINT) from None
+    try:
+        return base.with_overrides(trial["config"])
+    except (KeyError, ValueError) as exc:
+        raise RecordError(Path(results_dir) / TRIALS, f"trial '{trial['trial_id']}': its config is not one this "
+                          f"sweep makes ({type(exc).__name__}: {_first_line(exc)})",
+                          f"restore {TRIALS} from a copy") from None
+
+
+def _first_line(exc: Exception) -> str:
+    """What is wrong, in a few words: pydantic's first error (``model.arch: Input should be...``), else the text."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and errors():
+        first = errors()[0]
+        return f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', '')}"[:200]
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def _tolerance(pick: str, name: str, text: str) -> float:
@@ -103,7 +146,7 @@ def best_config(results_dir: Path, epochs: Optional[int] = None, pick: Optional[
     validation split goes back into training (``data.val_fraction: 0``). ``keep_split`` keeps both as the
     trial had them."""
     meta, best = chosen_trial(results_dir, pick)
-    cfg = TrainConfig.model_validate(meta["base"]).with_overrides(best["config"])
+    cfg = _trial_config(results_dir, meta, best)
     if epochs is not None:
         cfg = with_epochs(cfg, epochs)
     if not keep_split:
@@ -134,7 +177,7 @@ def write_best_config(results_dir: Path, output: Path, epochs: Optional[int] = N
     body = yaml.safe_dump({k: doc[k] for k in order}, sort_keys=False, default_flow_style=False)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(header + body)
+    write_atomic(output, header + body)  # a crash leaves the earlier best.yaml whole, or the new one
     return output
 
 

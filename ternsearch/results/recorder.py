@@ -3,20 +3,23 @@
 ``history.jsonl``: one line per trial result (trial_id, epoch, metrics); a restarted trial may repeat an
 epoch, and readers keep the last line per (trial, epoch). ``trials.json``: one entry per trial with its
 config, status (running / completed / stopped / failed), reason, epochs, last metrics, node and checkpoint.
-These files, not Tune's internal layout, are what export and report read.
+These files, not Tune's internal layout, are what export and report read. Both are written so that a crash
+cannot tear them (``ternsearch.results.atomic``): trials.json is replaced whole, history.jsonl appended a line at a
+time (a torn last line left by a crash is cut off before the next append).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from ray import tune
 
-from ternsearch.results.files import HISTORY, LOST, TRIALS, read_history, read_trials
+from ternsearch.results.atomic import append_line, write_atomic
+from ternsearch.results.files import HISTORY, LOST, TRIALS, read_history, read_json
+from ternsearch.results.rebuild import recover_trials
 from ternsearch.results.trials import LOST_REASON, RECORDED_TUNE_KEYS, TUNE_KEYS, error_text, trial_status
 
 __all__ = ["SweepRecorder", "LOST", "LOST_REASON"]
@@ -25,9 +28,8 @@ _SKIP = TUNE_KEYS - RECORDED_TUNE_KEYS  # a history row keeps the trial's values
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    # Rewritten on every result: fsynced before its rename, the folder not (a lost rename keeps the last whole one)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str), sync_dir=False)
 
 
 class SweepRecorder(tune.Callback):
@@ -45,8 +47,12 @@ class SweepRecorder(tune.Callback):
         self.__dict__.update(state)
 
     def _load(self) -> dict:
+        """trials.json, read once per driver; a torn one (``sweep --resume`` has said so before Ray started) is
+        rebuilt from history.jsonl and Tune's state and rewritten at once."""
         if self._trials is None:
-            self._trials = read_trials(Path(self.results_dir))
+            self._trials, rebuilt = recover_trials(Path(self.results_dir))
+            if rebuilt:
+                self._save()
         return self._trials
 
     def _save(self) -> None:
@@ -81,7 +87,7 @@ class SweepRecorder(tune.Callback):
         if not lost:
             return
         path = Path(self.results_dir) / LOST
-        earlier = json.loads(path.read_text()) if path.exists() else {}
+        earlier = read_json(path, "a lost-trials record", {})  # checked before Ray started (run.sweep)
         for tid, entry in lost.items():
             earlier[tid] = dict(entry, status="lost", reason=LOST_REASON, ended=time.time())
             del records[tid]
@@ -107,7 +113,7 @@ class SweepRecorder(tune.Callback):
         seen = self.__dict__.get("_epochs")
         if seen is None:
             seen = self.__dict__["_epochs"] = {}
-            for row in read_history(Path(self.results_dir)):
+            for row in read_history(Path(self.results_dir), strict=False):  # --resume has warned of bad lines
                 seen.setdefault(row.get("trial_id"), set()).add(row.get("epoch"))
         return seen.setdefault(trial_id, set())
 
@@ -117,8 +123,8 @@ class SweepRecorder(tune.Callback):
         recorded = self._recorded_epochs(trial.trial_id)
         if result.get("epoch") not in recorded:  # a replayed or re-run epoch keeps its first row (as in MLflow)
             recorded.add(result.get("epoch"))
-            with open(Path(self.results_dir) / HISTORY, "a") as f:
-                f.write(json.dumps(dict(metrics, trial_id=trial.trial_id, time=time.time()), default=str) + "\n")
+            append_line(Path(self.results_dir) / HISTORY,
+                        json.dumps(dict(metrics, trial_id=trial.trial_id, time=time.time()), default=str))
         entry["epochs"] = int(result.get("epoch", entry["epochs"]))
         entry["last"] = {k: v for k, v in metrics.items() if "/" not in k}
         if result.get("checkpoint_path"):

@@ -14,11 +14,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
-from ternsearch.errors import ResultsError, SweepFailedError
+from ternsearch.errors import RecordError, ResultsError, SweepFailedError
+from ternsearch.results.atomic import write_atomic
 from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.export import write_best_config
-from ternsearch.results.files import SWEEP, read_trials
+from ternsearch.results.files import LOST, SWEEP, TRIALS, read_history, read_json, read_sweep
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage, spec_digest
+from ternsearch.results.rebuild import recover_trials
 from ternsearch.run.cluster import check_cluster, start_cluster
 from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
                                      local_resources)
@@ -62,12 +64,28 @@ def check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
     if resume:
         if not meta_path.exists():
             raise ResultsError(f"{results_dir}: no sweep to resume here (no {SWEEP}); run without --resume")
-        check_same_spec(results_dir, json.loads(meta_path.read_text()), spec_file,
+        check_same_spec(results_dir, read_sweep(results_dir), spec_file,
                         "--resume needs the very file that started it (or change name: or storage.path to start a "
                         "new sweep)")
+        check_records(results_dir)
     elif meta_path.exists():
         raise ResultsError(f"{results_dir}: a sweep named '{results_dir.name}' already exists there "
                            "(use --resume to continue it, or change name: / storage.path)")
+
+
+def check_records(results_dir: Path) -> None:
+    """Before Ray starts, for ``--resume``: the records the resumed sweep goes on from. A torn trials.json is
+    rebuilt from history.jsonl and Tune's state (one warning line here; the recorder rewrites it once Tune has
+    restored), history.jsonl's torn or corrupt lines are skipped (one warning line); a trials.json with nothing to
+    rebuild it from and a torn trials_lost.json are one line and exit 1. Nothing is written here."""
+    _, rebuilt = recover_trials(results_dir)
+    if rebuilt:
+        _say(f"warning: {rebuilt}; the resumed sweep rewrites {TRIALS}")
+    read_history(results_dir, strict=False, warn=_say)
+    try:
+        read_json(results_dir / LOST, "a lost-trials record", {})
+    except RecordError as exc:
+        raise exc.with_hint("move it away to resume (it lists the trials an earlier driver lost)") from None
 
 
 class _SignalToInterrupt:
@@ -162,7 +180,7 @@ def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resu
 
     results_dir.mkdir(parents=True, exist_ok=True)
     meta_path = results_dir / SWEEP
-    meta = json.loads(meta_path.read_text()) if resume else {
+    meta = read_sweep(results_dir) if resume else {
         "name": spec.name, "spec_file": str(Path(spec.file).resolve()), "spec_sha256": spec_digest(spec.file),
         "sweep_id": f"{spec.name}-{int(time.time())}", "metric": spec.metric.name, "mode": spec.metric.mode,
         "objectives": [[m.name, m.mode] for m in spec.objectives],
@@ -182,7 +200,7 @@ def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resu
             tracker.reconcile()
     meta.update(tracking_uri=without_credentials(uri), experiment=spec.tracking.experiment or spec.name,
                 mode_trial=plan.mode)
-    meta_path.write_text(json.dumps(meta, indent=1))
+    write_atomic(meta_path, json.dumps(meta, indent=1))
     if not resume:
         copy_redacted(spec.file, results_dir / "spec.yaml")  # a tracking URI's user:password masked
     return meta, tracker
@@ -228,7 +246,9 @@ def _fit(tuner, tracker, guard) -> str:
 
 
 def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dict[str, Any]:
-    trials = read_trials(results_dir)
+    trials, rebuilt = recover_trials(results_dir)  # rewritten by the recorder unless no callback ran
+    if rebuilt:
+        write_atomic(results_dir / TRIALS, json.dumps(trials, indent=1, sort_keys=True, default=str))
     unfinished = [t for t in trials.values() if t["status"] == "running"]
     if status == "KILLED" or unfinished:
         if tracker is not None:
@@ -268,7 +288,7 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
     from ternsearch.report.render import write_report
 
     try:
-        summary["report"] = str(write_report(results_dir))
+        summary["report"] = str(write_report(results_dir, warn=None))  # --resume has warned of torn lines
     except Exception as exc:  # a report bug must not fail a finished sweep; `ternsearch report` can redo it
         _say(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
              f"retry with: ternsearch report {results_dir}")

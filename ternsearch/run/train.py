@@ -14,6 +14,7 @@ from trainables.errors import BatchSizeError
 from trainables.failures import TrialFailure, cap_memory_from_env
 
 from ternsearch.errors import OutputError, PreflightError, TernsearchError, TrainingError
+from ternsearch.results.atomic import append_line, write_atomic
 from ternsearch.results.export import with_epochs
 from ternsearch.results.outputs import unwritable
 from ternsearch.run.preflight import check_inputs
@@ -78,7 +79,7 @@ def train_file(
     print(f"test evaluation on the {kind} epoch ({epoch}, {why}): {ckpt}", file=sys.stderr)
     final.update(evaluate_test(ckpt), evaluated_checkpoint=str(ckpt), evaluated_epoch=epoch, evaluated_as=kind,
                  wall_seconds=time.time() - t0, output=str(out))
-    (out / "final_metrics.json").write_text(json.dumps(final, indent=1, sort_keys=True))
+    write_atomic(out / "final_metrics.json", json.dumps(final, indent=1, sort_keys=True))
     return final
 
 
@@ -128,8 +129,7 @@ def _reporter(cfg, out: Path, bar: Optional[_Progress], keep: int) -> Callable[[
             for old in sorted(ckpts.glob("epoch_*"))[:-keep]:
                 if old.name != best:
                     shutil.rmtree(old, ignore_errors=True)
-        with open(history_path, "a") as f:
-            f.write(json.dumps({k: v for k, v in metrics.items() if "/" not in k}) + "\n")
+        append_line(history_path, json.dumps({k: v for k, v in metrics.items() if "/" not in k}))
         if bar:
             bar.epoch_done(metrics)
 

@@ -20,6 +20,7 @@ from trainables.entry import train_driver_fn
 from trainables.failures import failure_reason
 from trainables.setup import TrialSetup
 
+from ternsearch.results.files import TUNE_DIR
 from ternsearch.run.failfast import no_retry_for_permanent_errors
 from ternsearch.spec import SweepSpec
 from ternsearch.spec.space import DefineByRun, make_sampler
@@ -89,9 +90,6 @@ def make_plan(spec: SweepSpec, cluster: dict[str, float],
     concurrent = min(spec.searcher.max_concurrent_trials or cap, cap)
     return Plan(mode, r.workers_per_trial, use_gpu, r.cpus_per_worker, gpus, per_trial,
                 min(concurrent, spec.searcher.num_samples), spec.max_epochs, fits)
-
-
-TUNE_DIR = "tune"
 
 
 def sweep_storage(storage_path: str, name: str) -> str:

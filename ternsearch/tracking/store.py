@@ -22,6 +22,7 @@ from urllib.request import pathname2url
 import requests
 
 from ternsearch.errors import TrackingError
+from ternsearch.results.atomic import write_atomic
 
 __all__ = ["TAG", "as_metrics", "as_params", "as_tags", "brief_http", "check_reachable", "common_tags",
            "configure_http_env", "copy_redacted", "default_tracking_uri", "ensure_sqlite_dir", "flatten_config",
@@ -126,7 +127,7 @@ def without_credentials(uri: str) -> str:
 
 def copy_redacted(src, dst) -> None:
     """Copy a spec or train file into a results or run directory with its credentials masked."""
-    Path(dst).write_text(redact(Path(src).read_text()))
+    write_atomic(dst, redact(Path(src).read_text()))
 
 
 def redact(text: str) -> str:

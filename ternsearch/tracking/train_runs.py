@@ -4,6 +4,7 @@ runs without it."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ternsearch.errors import TrackingError
@@ -59,7 +60,7 @@ def _log_single_run(tf, source: Path, final: dict, output: Path, uri: str, exper
     status = "FAILED"
     try:
         log_batch(client, run_id, params=as_params(flatten_config(tf.base_config().model_dump(mode="json"))))
-        history = read_epochs(output)
+        history = read_epochs(output, warn=lambda message: print(message, file=sys.stderr))  # torn lines skipped
         for epoch, row in sorted(history.items()):
             values = {k: v for k, v in row.items() if k not in TUNE_KEYS and is_metric_value(v)}
             log_batch(client, run_id, metrics=as_metrics(values, epoch))

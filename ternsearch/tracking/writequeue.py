@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ternsearch.results.atomic import write_atomic
 from ternsearch.tracking.store import (TAG, as_params, as_tags, brief_http, is_transient, log_batch, now_ms,
                                        one_line, outage_reason, redact)
 
@@ -219,13 +220,25 @@ class WriteQueue:
             self.failures.append(msg)
             log.warning("%s", msg)
         if self.unwritten:
-            path = Path(self.results_dir) / UNWRITTEN_FILE
-            try:
-                earlier = json.loads(path.read_text()) if path.is_file() else []
-                earlier = earlier if isinstance(earlier, list) else []
-                path.write_text(json.dumps(earlier + self.unwritten, indent=1) + "\n")
-            except (OSError, ValueError) as exc:
-                log.warning("could not write %s: %s", path, exc)
+            self._save_unwritten()
+
+    def _save_unwritten(self) -> Path:
+        """``self.unwritten`` appended to ``RESULTS/tracking_unwritten.json`` (replaced whole, never torn); an
+        earlier one that is not a JSON list (torn, hand-edited) is kept as it is, and this list goes beside it in
+        ``tracking_unwritten.json.new``. Returns the file written."""
+        path = Path(self.results_dir) / UNWRITTEN_FILE
+        try:
+            earlier = json.loads(path.read_text()) if path.is_file() else []
+            if not isinstance(earlier, list):
+                raise ValueError("not a list")
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable (%s); this sweep's unwritten writes go to %s.new", path, exc, path.name)
+            earlier, path = [], path.with_name(path.name + ".new")
+        try:
+            write_atomic(path, json.dumps(earlier + self.unwritten, indent=1) + "\n")
+        except OSError as exc:
+            log.warning("could not write %s: %s", path, exc)
+        return path
 
     def _drain(self, budget_s: float) -> bool:
         """Try to write the whole queue now, and again 1, 2, 4, 8, 8... s later for up to ``budget_s``; True when
