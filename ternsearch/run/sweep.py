@@ -250,11 +250,14 @@ def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dic
     if rebuilt:
         write_atomic(results_dir / TRIALS, json.dumps(trials, indent=1, sort_keys=True, default=str))
     unfinished = [t for t in trials.values() if t["status"] == "running"]
-    if status == "KILLED" or unfinished:
+    # A stop that came while no trial was running ends Tune as if it had finished: count the trials as well.
+    unstarted = max(0, spec.searcher.num_samples - len(trials))
+    if status == "KILLED" or unfinished or unstarted:
         if tracker is not None:
             tracker.close("KILLED")
-        _say(f"sweep interrupted: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} unfinished. "
-             f"Resume with: ternsearch sweep {spec.file} --resume")
+        _say(f"sweep interrupted: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} unfinished"
+             + (f", {unstarted} not started" if unstarted else "")
+             + f". Resume with: ternsearch sweep {spec.file} --resume")
         return {"interrupted": True, "results": str(results_dir)}
     return _finish(spec, results_dir, meta, trials, tracker)
 
