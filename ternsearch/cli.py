@@ -166,6 +166,9 @@ def _add_export(sub) -> None:
                    "OBJECTIVE within TOL (default 0.01) of the best first objective, e.g. ternary_zero_frac:0.01")
     e.add_argument("--packed", metavar="FILE", type=_checked("--packed", _path_problem),
                    help="also write the best model packed at 2 bits a weight (.tern)")
+    e.add_argument("--onnx", metavar="FILE", type=_checked("--onnx", _path_problem), help="also write the best "
+                   "model as ONNX: uint8 images in, logits out, ternary weights as int8 codes + DequantizeLinear")
+    e.add_argument("--onnx-int2", action="store_true", help="with --onnx: store the codes as INT2 (opset 25)")
     e.add_argument("-o", "--output", default="best.yaml", type=_checked("--output", _path_problem))
     e.add_argument("--epochs", type=_EPOCHS, help="retrain for this many epochs")
     e.add_argument("--keep-split", action="store_true", help="retrain on the sweep's data.subset and validation "

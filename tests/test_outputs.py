@@ -108,6 +108,7 @@ CASES = {
 OUTPUTS = {
     "export -o": lambda r, target: ["export", str(r), "-o", target],
     "export --packed": lambda r, target: ["export", str(r), "-o", "fresh.yaml", "--packed", target],
+    "export --onnx": lambda r, target: ["export", str(r), "-o", "fresh.yaml", "--onnx", target],
     "report -o": lambda r, target: ["report", str(r), "-o", target],
 }
 
@@ -125,7 +126,7 @@ def _refused(argv: list[str], target: str, says: str, capsys, work: Path) -> Non
     captured = capsys.readouterr()
     line = captured.err.strip()
     assert "\n" not in line and "Traceback" not in line and captured.out == "", captured
-    flag = next((f for f, given in (("--packed", "--packed"), ("--output", "-o"))
+    flag = next((f for f, given in (("--packed", "--packed"), ("--onnx", "--onnx"), ("--output", "-o"))
                  if given in argv and argv[argv.index(given) + 1] == target), None)
     named = f"{flag} {target}" if flag else target
     assert line.startswith(f"{named}: refusing to write here: ") and says in line, line
@@ -202,3 +203,5 @@ def test_regenerable_outputs_and_new_files_are_written(sweep, capsys):
     # --packed may replace best.tern there (writing it needs a checkpoint: tests/test_sweep.py)
     (results / "best.tern").write_bytes(b"old")
     assert check_output(results / "best.tern", results, REGENERABLE["packed"]) == (results / "best.tern").resolve()
+    (results / "best.onnx").write_bytes(b"old")  # and --onnx best.onnx (writing one: tests/test_onnx_export.py)
+    assert check_output(results / "best.onnx", results, REGENERABLE["onnx"]) == (results / "best.onnx").resolve()

@@ -14,6 +14,7 @@ from trainables.config import TrainConfig
 from ternsearch.errors import OutputError, RecordError, ResultsError, UsageError
 from ternsearch.results.atomic import write_atomic
 from ternsearch.results.best import best_trial, pareto_trials
+from ternsearch.results.deploy import check_onnx_output, write_onnx
 from ternsearch.results.files import SWEEP, SWEEP_HINT, TRIALS, read_sweep, read_trials
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage
 from ternsearch.results.outputs import REGENERABLE, check_output, same_file
@@ -244,8 +245,11 @@ def export_command(a) -> int:
         if same_file(Path(a.packed), Path(a.output)):
             raise OutputError(f"--packed {a.packed}: refusing to write here: it is also the --output file (give "
                               "another path)")
+    check_onnx_output(a, results, specs)  # --onnx, --onnx-int2 (ternsearch.results.deploy)
     out = write_best_config(results, Path(a.output), a.epochs, a.pick, a.keep_split)
     print(out)
     if a.packed:
         print(write_packed(results, Path(a.packed), a.pick))
+    if a.onnx:
+        print(write_onnx(results, chosen_trial(results, a.pick)[1], Path(a.onnx), a.onnx_int2))
     return 0

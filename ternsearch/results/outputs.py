@@ -1,7 +1,7 @@
 """Where ``export`` and ``report`` may write: never onto a sweep's records or the spec file that made it.
 
 The rule, checked for every output before the command writes anything (``export -o``, ``export --packed``,
-``report -o`` and the report's ``trials.csv``/``trials.parquet``; a sweep's own ``best.yaml`` and
+``export --onnx``, ``report -o`` and the report's ``trials.csv``/``trials.parquet``; a sweep's own ``best.yaml`` and
 ``report.html`` go through the same writers). An output path, relative ones taken from the current directory and
 symlinks followed, is refused when
 
@@ -29,11 +29,12 @@ from ternsearch.results.files import SWEEP
 __all__ = ["REGENERABLE", "check_output", "same_file", "unwritable"]
 
 # The names each output may replace directly in a results directory (what the sweep or the same command wrote
-# there): export -o writes best.yaml like the sweep's end does, --packed the packed model, report its HTML and
-# its two tables.
+# there): export -o writes best.yaml like the sweep's end does, --packed the packed model, --onnx the ONNX graph,
+# report its HTML and its two tables.
 REGENERABLE = {
     "export": frozenset({"best.yaml"}),
     "packed": frozenset({"best.tern"}),
+    "onnx": frozenset({"best.onnx"}),
     "report": frozenset({"report.html"}),
     "tables": frozenset({"trials.csv", "trials.parquet"}),
 }
