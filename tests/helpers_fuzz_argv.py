@@ -129,7 +129,7 @@ def _sweep(draw, case: Case) -> None:
             _opt(draw, case, flag, STORAGE)
         elif flag == "--tracking-uri":
             uri = _opt(draw, case, flag, TRACKING)
-            if case.file_kind == SPEC and uri.startswith("http://127.0.0.1:9"):  # it may disable tracking
+            if case.file_kind == SPEC and "127.0.0.1:9" in uri:  # the mutated file may disable tracking
                 case.flags[flag] = ""
         else:
             case.argv.append(flag)
@@ -137,16 +137,20 @@ def _sweep(draw, case: Case) -> None:
 
 def _train(draw, case: Case) -> None:
     _file(draw, case)
+    resume = ""
     for flag in draw(st.lists(st.sampled_from(["-o", "--output", "--resume", "--epochs", "-q", "--quiet"]),
                               unique=True, max_size=3)):
         if flag in ("-o", "--output"):
             case.outputs.append(_opt(draw, case, flag, TRAIN_OUT))
         elif flag == "--resume":
-            case.outputs.append(_opt(draw, case, flag, RESUME))
+            resume = _opt(draw, case, flag, RESUME)
+            case.outputs.append(resume)
         elif flag == "--epochs":
             _opt(draw, case, flag, EPOCHS)
         else:
             case.argv.append(flag)
+    if resume:  # the run continues in DIR: -o is not used
+        case.flags.pop("--output", None)
 
 
 def _results_arg(draw, case: Case, pool: list) -> str:

@@ -43,6 +43,7 @@ _LOG_LINES = [
     (re.compile(r"^\(\w+ pid=\d+"), "a Ray worker line"),
 ]
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+_EXC = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))\b", re.M)
 
 
 # ------------------------------------------------------------------------------------------------ the worker
@@ -135,9 +136,8 @@ def _traceback_class(stderr: str) -> str:
     frames = [f"{os.path.relpath(f, os.getcwd()) if f.startswith('/') else f}:{n} in {fn}"
               for f, n, fn in _FRAME.findall(block)]
     frames = [re.sub(r"^.*?(ternsearch/|trainables/)", r"\1", f) for f in frames]
-    last = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith(" ")]
-    exc = last[-1].split(":", 1)[0] if last else "?"
-    return f"traceback on stderr: {exc} at {_project_frame(frames)}"
+    names = _EXC.findall(block)
+    return f"traceback on stderr: {names[-1].rsplit('.', 1)[-1] if names else '?'} at {_project_frame(frames)}"
 
 
 def file_reason(case: Case) -> str:
@@ -204,9 +204,10 @@ def judge(case: Case, res: dict) -> list[tuple[str, str]]:
                       f"{len(lines)} lines: {msg[:300]}"))
     elif code not in (0, 1, "reached", "raised"):
         found.append((f"exit code {code} from `{case.command}`", err[-300:]))
-    elif code == 1 and len(lines) != 1 and not debug:
+    elif code == 1 and res.get("stderr_lines", len(lines)) != 1 and not debug and not found:  # not a traceback
         first = lines[0] if lines else "(nothing)"
-        found.append((f"exit 1 with {len(lines)} stderr lines: {shape(first, 60)}", err[:300]))
+        n = res.get("stderr_lines", len(lines))
+        found.append((f"exit 1 with {n} stderr lines: {shape(first, 60)}", err[:300]))
     if code in (0, "reached"):
         why = (file_reason(case) if case.command in ("validate", "sweep", "train") else "") or \
             next(iter(case.reasons()), "")
@@ -221,7 +222,7 @@ def judge(case: Case, res: dict) -> list[tuple[str, str]]:
         found.append((f"`{case.command}` wrote files: {_pattern(res['created'][0])}", ", ".join(res["created"][:5])))
     if res.get("ray_left_running"):
         found.append((f"Ray left running after `{case.command}`", ""))
-    if "s3cr3tpw" in err + res.get("stdout", ""):
+    if "s3cr3tpw" in err + res.get("stdout", "") and code != 2:  # argparse's usage errors echo the argv itself
         found.append((f"a password from the command line was printed by `{case.command}`", ""))
     return found
 
@@ -244,7 +245,8 @@ class Findings:
                "stderr_head": res.get("stderr", "")[:800], "stderr_tail": res.get("stderr", "")[-800:],
                "spec_ops": list(case.spec_ops) if uses_spec else [],
                "spec": case.spec.decode("utf-8", "backslashreplace")[:4000] if uses_spec else "",
-               "results_op": describe_results_op(case.results_op) if uses_results else ""}
+               "results_op": describe_results_op(case.results_op) if uses_results else "",
+               "results_op_raw": case.results_op if uses_results else {}}
         size = len(json.dumps(case.argv)) + (len(case.spec) + 40 * len(case.spec_ops) if uses_spec else 0)
         entry = self.classes.setdefault(cls, {"count": 0, "examples": []})
         entry["count"] += 1

@@ -63,7 +63,8 @@ RAW = [Raw(t) for t in ("yes", "no", "on", "off", "010", "0x10", "0o17", "1_000"
                         ".nan", "~", "null", "''", "!!binary aGVsbG8=", "!!python/name:os.system", "!!set {a, b}",
                         "!!timestamp 2026-01-01T00:00:00Z", "!!float '1'", "*undefined_alias", "&anchor 1",
                         "\"\\ud800\"", "\"\\x00\"", "\"\\t\"", "[" * 1200 + "]" * 1200, "{a: 1, a: 2}",
-                        "!!str", "|\n  two\n  lines", "- 1")]
+                        "!!str", "|\n  two\n  lines", "- 1", "{<<: {epochs: 3}}", "{<<: [{lr: 0.1}, {lr: 0.2}]}",
+                        "{<<: 1}", "{<<: {name: x}, name: y}", "&a {subset: 600}", "*a")]
 SCALARS = [0, -1, 1, 2, 3, 0.5, -0.5, 1e308, -1e308, 1e-320, 2 ** 63, 10 ** 30, float("nan"), float("inf"),
            float("-inf"), "", " ", "abc", "x" * 100_000, True, False, None, datetime.date(2026, 1, 1),
            "ünïcødé ☃", "\x00", "../../etc", "/", "~", "{name}", "{0}", "{name.__class__}", "%s", "None",
@@ -229,6 +230,18 @@ def _op_dist(draw, doc):
 
 
 @st.composite
+def _op_cycle(draw, doc):
+    """Two choice parameters, each enabled by the other (or one by itself)."""
+    if not isinstance(doc.get("search"), dict):
+        doc["search"] = {}
+    choices = {"augment": ["standard", "mixup"], "schedule": ["cosine", "step"], "optimizer": ["sgd", "adam"]}
+    a, b = draw(st.sampled_from([("augment", "schedule"), ("optimizer", "optimizer"), ("schedule", "augment")]))
+    doc["search"][a] = {"choice": choices[a], "when": {b: choices[b][:1]}}
+    doc["search"][b] = {"choice": choices[b], "when": {a: choices[a][-1]}}
+    return f"search: {a} and {b} conditioned on each other"
+
+
+@st.composite
 def _op_metric(draw, doc):
     one = {"name": draw(st.sampled_from(["val_acc", "ternary_zero_frac", "test_acc", "val_loss"])),
            "mode": draw(st.sampled_from(["max", "min", "maximize"]))}
@@ -281,7 +294,7 @@ def _op_valid(draw, doc):
     return f"{section}.{key} := {show(value)}"
 
 
-_OPS = [_op_drop, _op_set, _op_set, _op_rename, _op_add, _op_dist, _op_dist, _op_metric] + [_op_valid] * 6
+_OPS = [_op_drop, _op_set, _op_set, _op_rename, _op_add, _op_dist, _op_dist, _op_metric, _op_cycle] + [_op_valid] * 6
 
 
 @st.composite

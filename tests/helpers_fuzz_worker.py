@@ -20,6 +20,8 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -212,6 +214,37 @@ def _unsafe(argv: list) -> str:
     return ""
 
 
+def _outcome(err: bytes, std: bytes, before: dict, ws: Path) -> dict:
+    text = err.decode("utf-8", "backslashreplace")
+    after = snapshot(ws)
+    return {"stderr": _cap(text), "stdout": _cap(std.decode("utf-8", "backslashreplace")),
+            "stderr_lines": sum(1 for ln in text.splitlines() if ln.strip() and not ln.startswith("warning: ")),
+            "changed": sorted(p for p in before if after.get(p, "deleted") != before[p])[:50],
+            "created": sorted(p for p in after if p not in before)[:50]}
+
+
+def run_fresh(base: Path, argv: list, env: dict, timeout: float = 120.0) -> dict:
+    """One case as the real program runs it (``python -m ternsearch.cli ARGV``, its own process and exit path) in a
+    fresh copy of the workspace; the same answer as ``run_case``. Builds the template when it is missing."""
+    ws, template = base / "ws", base / "template"
+    if not (template / ".done").exists():
+        sys.path.insert(0, str(REPO / "tests"))
+        build_template(template, ws)
+        (template / ".done").write_text("")
+    shutil.rmtree(ws, ignore_errors=True)
+    shutil.copytree(template, ws, symlinks=True)
+    before = snapshot(ws)
+    proc = subprocess.Popen([sys.executable, "-m", "ternsearch.cli", *argv], cwd=ws, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        std, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and whatever it started
+        proc.communicate()
+        return {"hang": timeout}
+    return {"code": proc.returncode, **_outcome(err, std, before, ws)}
+
+
 def _call(argv: list) -> dict:
     from ternsearch.cli import main
 
@@ -266,15 +299,11 @@ def run_case(case: dict, ws: Path, template: Path, base: Path, env0: dict, filte
             os.close(saved[1])
         err.seek(0)
         std.seek(0)
-        out["stderr"] = _cap(err.read().decode("utf-8", "backslashreplace"))
-        out["stdout"] = _cap(std.read().decode("utf-8", "backslashreplace"))
+        out.update(_outcome(err.read(), std.read(), before, ws))
     out["seconds"] = round(time.time() - t0, 3)
     os.chdir(base)
     os.environ.clear()
     os.environ.update(env0)
-    after = snapshot(ws)
-    out["changed"] = sorted(p for p in before if after.get(p, "deleted") != before[p])[:50]
-    out["created"] = sorted(p for p in after if p not in before)[:50]
     ray = sys.modules.get("ray")
     out["ray_left_running"] = bool(ray and ray.is_initialized())
     if out["ray_left_running"]:

@@ -9,7 +9,7 @@ invalid (``tests/helpers_fuzz_rules.py``), a hang, a file that was there changed
 the assertion message lists each class with its smallest reproducer.
 
 Knobs (environment): ``TERNSEARCH_FUZZ_EXAMPLES`` (cases drawn, default 3000), ``TERNSEARCH_FUZZ_SECONDS`` (wall-clock
-budget for the cases, default 120), ``TERNSEARCH_FUZZ_SEED`` (unset: derandomized, the same cases on every run;
+budget for the cases, default 100), ``TERNSEARCH_FUZZ_SEED`` (unset: derandomized, the same cases on every run;
 set: a different pass per seed), ``TERNSEARCH_FUZZ_TIMEOUT`` (seconds a case may take, default 15) and
 ``TERNSEARCH_FUZZ_REPORT`` (a JSON file to write every class and its reproducers to), ``TERNSEARCH_FUZZ_TRACE``
 (a JSON-lines file to append every case and its outcome to).
@@ -26,16 +26,17 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from helpers_fuzz_argv import SPEC, Case, cases
+from helpers_fuzz_argv import SPEC, SWEEP, TRAIN, Case, cases
 from helpers_fuzz_judge import Findings, Worker, judge
 from helpers_fuzz_rules import spec_violation
 from helpers_fuzz_spec import BASES, dump
+from helpers_fuzz_worker import run_fresh
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("TERNSEARCH_FUZZ_EXAMPLES", "3000"))
-SECONDS = float(os.environ.get("TERNSEARCH_FUZZ_SECONDS", "120"))
+SECONDS = float(os.environ.get("TERNSEARCH_FUZZ_SECONDS", "100"))
 SEED = os.environ.get("TERNSEARCH_FUZZ_SEED")
 TIMEOUT = float(os.environ.get("TERNSEARCH_FUZZ_TIMEOUT", "15"))
 REPORT = os.environ.get("TERNSEARCH_FUZZ_REPORT")
@@ -81,6 +82,10 @@ def _worker_env(base: Path, data_root: Path) -> dict:
     return env
 
 
+class _OutOfTime(BaseException):
+    """Ends the pass when its time budget is spent (a BaseException: Hypothesis lets it through untouched)."""
+
+
 def _explore(worker: Worker, findings: Findings, stats: Counter, outcomes: Counter, deadline: float):
     seen: set = set()
 
@@ -89,8 +94,7 @@ def _explore(worker: Worker, findings: Findings, stats: Counter, outcomes: Count
     @given(cases())
     def explore(case: Case):
         if time.time() > deadline:
-            stats["not run (time budget)"] += 1
-            return
+            raise _OutOfTime
         if case.key() in seen:
             stats["repeats"] += 1
             return
@@ -109,15 +113,24 @@ def _explore(worker: Worker, findings: Findings, stats: Counter, outcomes: Count
     return seed(int(SEED))(explore) if SEED else explore
 
 
-def test_cli_survives_fuzzing(tmp_path_factory, data_root):
+@pytest.fixture(scope="module")
+def fuzz_base(tmp_path_factory, data_root) -> tuple[Path, dict]:
+    """The folder of the workspace (its template is built on first use) and the environment commands run in."""
     base = tmp_path_factory.mktemp("fuzz")
-    worker = Worker(base, _worker_env(base, data_root), timeout=TIMEOUT)
+    return base, _worker_env(base, data_root)
+
+
+def test_cli_survives_fuzzing(fuzz_base):
+    base, env = fuzz_base
+    worker = Worker(base, env, timeout=TIMEOUT)
     findings, stats, outcomes = Findings(), Counter(), Counter()
     t0 = time.time()
     worker.run({"argv": ["validate", "configs/cifar10-small-cpu.yaml"], "spec": "", "env": {}})  # start-up
     stats["start-up seconds"] = round(time.time() - t0)
     try:
         _explore(worker, findings, stats, outcomes, deadline=time.time() + SECONDS)()
+    except _OutOfTime:
+        stats["stopped by the time budget"] = 1
     finally:
         worker.stop()
     stats["worker starts"] = worker.starts
@@ -129,6 +142,35 @@ def test_cli_survives_fuzzing(tmp_path_factory, data_root):
     print(summary)
     ran = sum(v for k, v in stats.items() if k in ("validate", "sweep", "train", "export", "report", "ui", "junk"))
     assert ran >= min(EXAMPLES, 50), f"too few cases ran: {summary}"
+    assert not findings.classes, summary
+
+
+# The real program, one process each (its exit path, and whatever the imports of each path print once a process):
+# a few cases per subcommand, judged like the fuzzed ones. None can train (no data) or serve (no store).
+_NODATA = {"TERNSEARCH_DATA": "{ws}/nodata"}
+FRESH = [
+    Case(["validate", "search_spaces/cifar10-cpu.yaml"], "validate", file_kind=SWEEP),
+    Case(["sweep", "search_spaces/cifar10-cpu.yaml", "--dry-run"], "sweep", file_kind=SWEEP),
+    Case(["sweep", "hand.yaml", "--dry-run", "--resume", "--tracking-uri", "bogus://x"], "sweep", file_kind=SWEEP,
+         flags={"--tracking-uri": "--tracking-uri 'bogus://x': not a tracking URI"}),
+    Case(["export", "results/hand", "-o", "out/best.yaml", "--packed", "out/best.tern"], "export", outputs=["out"]),
+    Case(["report", "results/hand"], "report", outputs=["reports"]),
+    Case(["train", "configs/cifar10-small-cpu.yaml", "--epochs", "0"], "train", file_kind=TRAIN, env=_NODATA,
+         flags={"--epochs": "--epochs '0': epochs must be >= 1"}),
+    Case(["ui", "results/nodb", "--port", "5000"], "ui", invalid=["its tracking store does not exist"]),
+]
+
+
+def test_cli_as_separate_processes(fuzz_base):
+    base, env = fuzz_base
+    findings = Findings()
+    for case in FRESH:
+        run_env = dict(env, **{k: v.replace("{ws}", str(base / "ws")) for k, v in case.env.items()})
+        res = run_fresh(base, case.argv, run_env)
+        for cls, detail in judge(case, res):
+            findings.add(cls, detail, case, res)
+    summary = findings.summary({"separate processes": len(FRESH)})
+    print(summary)
     assert not findings.classes, summary
 
 
