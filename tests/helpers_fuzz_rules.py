@@ -296,7 +296,10 @@ def _top_violation(data: dict, sweep: bool) -> Optional[str]:
             return f"top level: unknown key {key!r}"
     if "name" not in data:
         return "name: missing"
-    if not isinstance(data["name"], str) or not _NAME_RE.match(data["name"]):
+    name = data["name"]
+    if isinstance(name, bytes):  # !!binary: pydantic takes UTF-8 bytes for a string
+        name = name.decode("utf-8", "replace")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
         return "name: not a valid name"
     return None
 
