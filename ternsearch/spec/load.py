@@ -58,6 +58,7 @@ def load_spec(path: str | Path) -> SweepSpec:
                                      f"{EXAMPLE}; a file without search: is a train file for `ternsearch train`)")
     if not doc.search:
         raise loc.error(("search",), f"is empty (add at least one distribution, {EXAMPLE})")
+    _check_objectives(loc, doc)  # before anything reads the primary objective
     fixed = _fixed_keys(doc)
     params = [parse_param(loc, str(name), raw, fixed) for name, raw in doc.search.items()]
     check_conditions(loc, params)
@@ -110,7 +111,6 @@ def _check_objectives(loc: Located, doc: _SweepModel) -> None:
 
 
 def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
-    _check_objectives(loc, doc)
     by_name = {p.name: p for p in params}
     max_epochs = largest_epochs(doc.train.epochs, params)
     if doc.scheduler.algorithm == "asha" and doc.scheduler.grace_period > max_epochs:

@@ -44,6 +44,8 @@ def show(value: Any) -> str:
         return "[" + ", ".join(show(v) for v in value) + "]"
     if isinstance(value, float) and not math.isfinite(value):
         return {"inf": ".inf", "-inf": "-.inf"}.get(str(value), ".nan")
+    if isinstance(value, str) and len(value) > 200:  # an error line stays a line: a pasted blob is cut
+        return repr(value[:80]) + f"... ({len(value):,} characters)"
     return repr(value)
 
 
