@@ -203,11 +203,12 @@ def _frames(exc: BaseException) -> list:
 def _unsafe(argv: list) -> str:
     """Why a case must not run (it would start a real sweep), or ''."""
     from ternsearch.cli import _parser
+    from ternsearch.errors import TernsearchError
 
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             a = _parser().parse_args(argv)
-    except SystemExit:
+    except (SystemExit, TernsearchError):  # --help, or a refused argument: the real run refuses it too
         return ""
     if a.command == "sweep" and (not a.dry_run or a.address):
         return "would run a real sweep"
