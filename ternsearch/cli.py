@@ -113,7 +113,13 @@ def _whole(flag: str, low: int, high: Optional[int], wrong: str, allowed: str) -
 
 
 def _path_problem(text: str) -> Optional[str]:
-    return "is empty (give a path)" if not text.strip() else None
+    if not text.strip():
+        return "is empty (give a path)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the file system gave that are not UTF-8: they cannot go into a record
+        return "is not a UTF-8 name (give a path of UTF-8 characters)"
+    return None
 
 
 def _host_problem(text: str) -> Optional[str]:

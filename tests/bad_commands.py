@@ -132,6 +132,8 @@ ROWS = [
          r"re:--output /proc/ternsearch-test/out: refusing to write here: its folder cannot be created or written "
          r"\(cannot write in /proc: .+; give a path in a folder you can write\)"),
     _row("export -o empty", ["export", "{results}", "-o", ""], "--output '': is empty (give a path)"),
+    _row("export -o not UTF-8", ["export", "{results}", "-o", "\udcff.yaml"],
+         "--output '\\udcff.yaml': is not a UTF-8 name (give a path of UTF-8 characters)"),
     _row("export --packed a directory", "export {results} -o fresh.yaml --packed adir",
          "--packed adir: refusing to write here: it is a directory (give a file path)"),
     _row("export --packed onto -o", "export {results} -o same.yaml --packed same.yaml",
