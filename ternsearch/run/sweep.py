@@ -19,7 +19,7 @@ from ternsearch.results.atomic import write_atomic
 from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.export import write_best_config
 from ternsearch.results.files import LOST, SWEEP, TRIALS, read_history, read_json, read_sweep
-from ternsearch.results.location import check_same_spec, records_dir, resolve_storage, spec_digest
+from ternsearch.results.location import check_same_spec, records_dir, resolve_storage, spec_digest, spec_keys
 from ternsearch.results.rebuild import recover_trials
 from ternsearch.run.cluster import check_cluster, start_cluster
 from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
@@ -65,8 +65,8 @@ def check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
         if not meta_path.exists():
             raise ResultsError(f"{results_dir}: no sweep to resume here (no {SWEEP}); run without --resume")
         check_same_spec(results_dir, read_sweep(results_dir), spec_file,
-                        "--resume needs the very file that started it (or change name: or storage.path to start a "
-                        "new sweep)")
+                        "--resume needs the file that started it (or change name: or storage.path to start a new "
+                        "sweep)")
         check_records(results_dir)
     elif meta_path.exists():
         raise ResultsError(f"{results_dir}: a sweep named '{results_dir.name}' already exists there "
@@ -198,11 +198,12 @@ def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resu
         meta["parent_run_id"] = tracker.start(probe=False)  # probed before Ray; a store down since fails here
         if resume:
             tracker.reconcile()
+    # On --resume the spec may have grown (num_samples) or changed its stopping rules: the records follow it.
     meta.update(tracking_uri=without_credentials(uri), experiment=spec.tracking.experiment or spec.name,
-                mode_trial=plan.mode)
+                mode_trial=plan.mode, spec_sha256=spec_digest(spec.file), spec_keys=spec_keys(spec),
+                num_samples=spec.searcher.num_samples)
     write_atomic(meta_path, json.dumps(meta, indent=1))
-    if not resume:
-        copy_redacted(spec.file, results_dir / "spec.yaml")  # a tracking URI's user:password masked
+    copy_redacted(spec.file, results_dir / "spec.yaml")  # a tracking URI's user:password masked
     return meta, tracker
 
 
@@ -219,7 +220,7 @@ def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, *, 
     if tracker is not None:
         callbacks.append(tracker)
     tuner = (restore_tuner(spec, plan, storage_path, callbacks, guard.stopper) if resume
-             else build_tuner(spec, plan, storage_path, callbacks, guard.stopper))
+             else build_tuner(spec, plan, storage_path, callbacks, guard.stopper, sweep_id=meta["sweep_id"]))
     # Tune warns whenever it snapshots state often; with a checkpoint every epoch that is by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune saves its experiment state at most every 10 s by default; a killed driver loses what happened since.
@@ -249,6 +250,7 @@ def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dic
     trials, rebuilt = recover_trials(results_dir)  # rewritten by the recorder unless no callback ran
     if rebuilt:
         write_atomic(results_dir / TRIALS, json.dumps(trials, indent=1, sort_keys=True, default=str))
+    _reconcile_study(spec, results_dir, meta, trials)
     unfinished = [t for t in trials.values() if t["status"] == "running"]
     # A stop that came while no trial was running ends Tune as if it had finished: count the trials as well.
     unstarted = max(0, spec.searcher.num_samples - len(trials))
@@ -260,6 +262,17 @@ def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dic
              + f". Resume with: ternsearch sweep {spec.file} --resume")
         return {"interrupted": True, "results": str(results_dir)}
     return _finish(spec, results_dir, meta, trials, tracker)
+
+
+def _reconcile_study(spec, results_dir: Path, meta: dict, trials: dict) -> None:
+    """The study on disk agrees with trials.json: trials a killed driver left RUNNING there get their state."""
+    from ternsearch.run.searcher import reconcile_study  # Optuna and Ray Tune, loaded by now: the sweep has run
+
+    try:
+        reconcile_study(results_dir, meta["sweep_id"], trials, [m.name for m in spec.objectives])
+    except Exception as exc:  # noqa: BLE001 - the trials ran and are recorded; the study is a view of them
+        _say(f"warning: the Optuna study in {results_dir} could not be brought up to date "
+             f"({type(exc).__name__}: {exc}); trials.json is complete")
 
 
 def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""The sweep's Optuna study on disk (RESULTS/optuna.db), and sweeps that grow: real Ray, real Optuna storage, real
+CIFAR-10 subset, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers_report import cli
+
+SPEC = """\
+name: {name}
+metric: {{name: val_acc, mode: max}}
+data: {{subset: 300, val_fraction: 0.3}}
+model: {{arch: tinynet}}
+train: {{epochs: 2, batch_size: 32}}
+search:
+  lr: {{loguniform: [0.0005, 0.05]}}
+searcher: {{num_samples: {n}, seed: {seed}, max_concurrent_trials: 1{extra}}}
+scheduler: {{algorithm: asha, grace_period: 1, reduction_factor: 2}}
+resources: {{workers_per_trial: 1, cpus_per_worker: 1}}
+storage: {{path: {storage}}}
+"""
+
+
+def write_spec(tmp: Path, name: str, n: int, seed: int = 1, extra: str = "") -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(SPEC.format(name=name, n=n, seed=seed, extra=extra, storage=tmp / "results"))
+    return path
+
+
+def study_trials(results: Path):
+    import optuna
+
+    meta = json.loads((results / "sweep.json").read_text())
+    study = optuna.load_study(study_name=meta["sweep_id"], storage=f"sqlite:///{results / 'optuna.db'}")
+    return study, study.get_trials(deepcopy=False)
+
+
+def check_study_agrees(results: Path) -> list:
+    """One study record per trial of trials.json (records of lost trials aside), none RUNNING, states agreeing."""
+    trials = json.loads((results / "trials.json").read_text())
+    study, records = study_trials(results)
+    assert study.user_attrs["sweep_id"] == json.loads((results / "sweep.json").read_text())["sweep_id"]
+    own = [r for r in records if not r.user_attrs.get("lost") and "rerun_of" not in r.user_attrs]
+    assert sorted(r.user_attrs["tune_trial_id"] for r in own) == sorted(trials)
+    assert not [r for r in records if r.state.name in ("RUNNING", "WAITING")]
+    expected = {"completed": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}
+    for r in own:
+        t = trials[r.user_attrs["tune_trial_id"]]
+        assert r.state.name == expected[t["status"]] or (t["status"] == "failed" and r.state.name == "COMPLETE")
+        if r.state.name == "COMPLETE":
+            assert r.value == pytest.approx(t["last"]["val_acc"])
+        if r.state.name == "PRUNED":
+            assert r.intermediate_values and r.value == pytest.approx(t["last"]["val_acc"])
+    return own
+
+
+def mlflow_children(results: Path, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("ternsearch.role") == "trial"]
+    return parents, children
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_study_on_disk_and_a_grown_sweep(tmp_path, data_root):
+    """2 trials, then num_samples 3 and --resume: 3 trials in Tune's records, the study and MLflow (one parent);
+    the new trial was proposed by a sampler that had seen the first 2. Another change is refused, naming it."""
+    spec = write_spec(tmp_path, "grow", 2)
+    results = tmp_path / "results" / "grow"
+    first = cli("sweep", str(spec), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(check_study_agrees(results)) == 2
+
+    write_spec(tmp_path, "grow", 2, seed=5)
+    refused = cli("sweep", str(spec), "--resume", cwd=tmp_path)
+    assert refused.returncode == 1 and "changes searcher.seed" in refused.stderr.strip().splitlines()[-1]
+
+    write_spec(tmp_path, "grow", 3)
+    grown = cli("sweep", str(spec), "--resume", cwd=tmp_path)
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    assert json.loads(grown.stdout)["trials"] == 3
+    assert len(json.loads((results / "trials.json").read_text())) == 3
+    own = check_study_agrees(results)
+    assert len(own) == 3
+    newest = max(own, key=lambda r: r.number)
+    assert newest.user_attrs["trials_before"] == 2
+    parents, children = mlflow_children(results, "grow")
+    assert len(parents) == 1 and len(children) == 3
+    assert all(r.info.status == "FINISHED" for r in parents + children)
