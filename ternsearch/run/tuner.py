@@ -186,15 +186,17 @@ def _trainable(spec: SweepSpec, plan: Plan, storage_path: str):
     return tune.with_resources(fn, res)
 
 
-def _searcher_and_scheduler(spec: SweepSpec, plan: Plan, storage_path: str, sweep_id: str):
+def _searcher_and_scheduler(spec: SweepSpec, plan: Plan, storage_path: Optional[str] = None, sweep_id: str = ""):
+    """The searcher (its study in RESULTS/optuna.db; in memory without ``storage_path``) and the scheduler."""
     sampler = make_sampler(spec.searcher.algorithm, spec.params, spec.searcher.seed, spec.searcher.num_samples)
     if spec.multi_objective:  # OptunaSearch takes lists: the study is multi-objective
         metric, mode = [m.name for m in spec.objectives], [m.mode for m in spec.objectives]
     else:
         metric, mode = spec.metric.name, spec.metric.mode
+    storage = study_storage(records_dir(spec.name, storage_path)) if storage_path else None
     search = StudySearcher(space=DefineByRun(spec.params), metric=metric, mode=mode, sampler=sampler,
-                           seed=spec.searcher.seed, storage=study_storage(records_dir(spec.name, storage_path)),
-                           study_name=sweep_id, sweep_id=sweep_id, sweep=spec.name)
+                           seed=spec.searcher.seed, study_name=sweep_id or None, storage=storage, sweep_id=sweep_id,
+                           sweep=spec.name)
     if spec.scheduler.algorithm == "asha":
         # Our own `epoch` is the time axis: Tune's training_iteration restarts when a trial's driver restarts.
         # With several objectives ASHA gets its own (scheduler.metric) and Tune none (see build_tuner).
