@@ -95,3 +95,48 @@ def test_study_on_disk_and_a_grown_sweep(tmp_path, data_root):
     parents, children = mlflow_children(results, "grow")
     assert len(parents) == 1 and len(children) == 3
     assert all(r.info.status == "FINISHED" for r in parents + children)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_stop_at_ends_the_sweep_and_resume_goes_on(tmp_path, data_root):
+    """stop_at val_acc >= 0 is reached by the first trial's first epoch: the sweep ends there (exit 0, the reason in
+    the summary, a best trial exported); --resume without stop_at samples the rest."""
+    spec = write_spec(tmp_path, "target", 3, extra=", stop_at: {val_acc: 0.0}")
+    results = tmp_path / "results" / "target"
+    first = cli("sweep", str(spec), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads(first.stdout)
+    assert summary["ended"].startswith("stop_at reached: trial ") and summary["trials"] == 1, summary
+    assert "sweep ended: stop_at reached" in first.stderr and (results / "best.yaml").exists()
+    check_study_agrees(results)
+
+    write_spec(tmp_path, "target", 3)
+    resumed = cli("sweep", str(spec), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout)["trials"] == 3
+    assert len(check_study_agrees(results)) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_time_budget_stops_the_sweep_and_resume_continues(tmp_path, data_root):
+    """A 4 s budget ends a 5-trial sweep early (a trial takes ~2 s here; exit 0, the reason and how to continue
+    said); --resume, the budget taken out of the spec (a change --resume accepts), continues and runs the rest."""
+    spec = write_spec(tmp_path, "budget", 5, extra=", time_budget: 4s")
+    results = tmp_path / "results" / "budget"
+    first = cli("sweep", str(spec), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads(first.stdout)
+    assert summary["ended"] == "time_budget 4s spent" and summary["trials"] < 5, summary
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("sweep stopped: time_budget 4s spent: ") and f"sweep {spec} --resume" in last, last
+    assert not (results / "best.yaml").exists()
+
+    write_spec(tmp_path, "budget", 5)
+    resumed = cli("sweep", str(spec), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout)["ended"] == "all 5 trials ran"
+    trials = json.loads((results / "trials.json").read_text())
+    assert len(trials) == 5 and all(t["status"] != "running" for t in trials.values())
+    assert len(check_study_agrees(results)) == 5

@@ -76,6 +76,9 @@ class StudySearcher(OptunaSearch):
         names = self.metric if isinstance(self.metric, list) else [self.metric]
         if failure_reason(result) and all(n in result for n in names):
             self.__dict__.setdefault("_failed", {})[trial_id] = {**{n: result[n] for n in names}, "run_complete": True}
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, list):  # Optuna takes no intermediate values in a multi-objective study
             return
         if self.metric in result and "epoch" in result and trial_id in self._ot_trials:
@@ -96,6 +99,9 @@ class StudySearcher(OptunaSearch):
         if error and failed is not None:
             result, error = failed, False
         if result and not error and not result.get("run_complete", True):
+            # The result that stopped it (ASHA's rung, a stop_at target) reached only on_trial_complete: Tune does
+            # not pass a result it stops a trial on to on_trial_result.
+            self._report(trial_id, result)
             try:  # Optuna gives a pruned trial its last intermediate value
                 self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             except Exception:  # noqa: BLE001 - already told (before a driver kill, or restored searcher state)
@@ -130,9 +136,13 @@ class GrowingGenerator(SearchGenerator):
     count (and a 'finished' flag a stopped sweep sets) from its saved state, so a grown ``num_samples`` would
     otherwise add nothing (ray-project/ray#42221)."""
 
-    def __init__(self, searcher, wanted: int):
+    def __init__(self, searcher, wanted: int, target=None):
         super().__init__(searcher)
         self.wanted = wanted
+        self.target = target  # a TargetStopper (ternsearch.run.stopping): no new trial once it is reached
+
+    def is_finished(self) -> bool:
+        return super().is_finished() or bool(getattr(getattr(self, "target", None), "reached", None))
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
@@ -140,11 +150,11 @@ class GrowingGenerator(SearchGenerator):
         self._finished = self._counter >= self._total_samples
 
 
-def search_alg(searcher, num_samples: int, max_concurrent: int) -> GrowingGenerator:
+def search_alg(searcher, num_samples: int, max_concurrent: int, target=None) -> GrowingGenerator:
     """What Tune searches with: ``searcher`` (a restored one unwrapped first) behind a concurrency limit."""
     while hasattr(searcher, "searcher"):
         searcher = searcher.searcher
-    return GrowingGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), num_samples)
+    return GrowingGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), num_samples, target)
 
 
 def _told(entry: Optional[dict], names: list[str]) -> tuple[TrialState, Optional[list[float]]]:

@@ -46,7 +46,7 @@ def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
                  f" (grace {spec.scheduler.grace_period}, reduction {spec.scheduler.reduction_factor:g}, "
                  f"max_t {plan.max_epochs})" if spec.scheduler.algorithm == "asha" else ""),
              f"  budget: at most {spec.searcher.num_samples * plan.max_epochs} epochs "
-             f"({plan.max_epochs} per trial)",
+             f"({plan.max_epochs} per trial)" + _stopping_words(spec),
              f"  trial: {plan.mode}, {plan.workers} worker(s), {plan.cpus_per_worker:g} CPU"
              + (f" + {plan.gpus_per_worker:g} GPU" if plan.use_gpu else "") + " each; "
              f"a trial takes {', '.join(f'{v:g} {k}' for k, v in plan.trial_resources.items())}",
@@ -56,6 +56,14 @@ def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
     lines += [f"  results: {results_dir}", f"  tracking: {uri}"]
     return "\n".join(lines)
 
+
+
+def _stopping_words(spec: SweepSpec) -> str:
+    words = [f"{spec.searcher.time_budget} of wall time"] if spec.searcher.time_budget is not None else []
+    modes = {m.name: m.mode for m in spec.objectives}
+    words += [f"until a trial has {k} {'>=' if modes[k] == 'max' else '<='} {v:g}"
+              for k, v in spec.searcher.stop_at.items()]
+    return f", {' or '.join(words)}" if words else ""
 
 
 def check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
@@ -156,18 +164,20 @@ def _shutdown_ray_in_background() -> threading.Thread:
 def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_ray=False,
              verbose=False) -> dict[str, Any]:
     # Ray Tune, like the modules below: imported after Ray is up (the warm-up thread has them ready)
+    from ternsearch.run.stopping import SweepStops
     from ternsearch.run.tuner import prestart_train_services
 
     if plan.mode == "torchtrainer":
         prestart_train_services()
     meta, tracker = _open_records(spec, plan, storage_path, results_dir, uri, resume=resume, verbose=verbose)
-    tuner, guard = _tuner(spec, plan, storage_path, results_dir, meta, tracker, resume=resume, quiet=quiet)
-    status = _fit(tuner, tracker, guard)
+    stops = SweepStops(spec)
+    tuner, guard = _tuner(spec, plan, storage_path, results_dir, meta, tracker, stops, resume=resume, quiet=quiet)
+    status = _fit(tuner, tracker, guard, stops)
     stopping = _shutdown_ray_in_background() if owns_ray else None
     try:
         if guard.reason:  # every first trial failed the same way before training: the cause is the sweep's
             raise SweepFailedError(f"{guard.reason}; fix it, then: ternsearch sweep {spec.file} --resume")
-        return _after_fit(spec, results_dir, meta, tracker, status)
+        return _after_fit(spec, results_dir, meta, tracker, status, stops)
     finally:
         if stopping is not None:
             stopping.join()
@@ -207,7 +217,7 @@ def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resu
     return meta, tracker
 
 
-def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, *, resume: bool, quiet: bool):
+def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, stops, *, resume: bool, quiet: bool):
     """``(the Tuner, new or restored, with the sweep's callbacks, its setup-failure guard)``."""
     from ternsearch.results.recorder import SweepRecorder  # Ray Tune, as all four
     from ternsearch.run.failfast import SetupFailureGuard  # Ray Tune
@@ -219,8 +229,9 @@ def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, *, 
                  ReleaseTrainResources(), guard]
     if tracker is not None:
         callbacks.append(tracker)
-    tuner = (restore_tuner(spec, plan, storage_path, callbacks, guard.stopper) if resume
-             else build_tuner(spec, plan, storage_path, callbacks, guard.stopper, sweep_id=meta["sweep_id"]))
+    stop = stops.stopper(guard.stopper)
+    tuner = (restore_tuner(spec, plan, storage_path, callbacks, stop, target=stops.target) if resume else
+             build_tuner(spec, plan, storage_path, callbacks, stop, sweep_id=meta["sweep_id"], target=stops.target))
     # Tune warns whenever it snapshots state often; with a checkpoint every epoch that is by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune saves its experiment state at most every 10 s by default; a killed driver loses what happened since.
@@ -229,13 +240,14 @@ def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, *, 
     return tuner, guard
 
 
-def _fit(tuner, tracker, guard) -> str:
-    """Run the trials: ``FINISHED``, ``KILLED`` (interrupted, SIGTERM included) or ``FAILED``; the tracker's parent
-    run is closed here unless the sweep finished (its best model is logged under it then)."""
+def _fit(tuner, tracker, guard, stops) -> str:
+    """Run the trials (within the time budget, if any): ``FINISHED``, ``KILLED`` (interrupted, SIGTERM included) or
+    ``FAILED``; the tracker's parent run is closed here unless the sweep finished (its best model is logged under
+    it then)."""
     status = "FAILED"
     try:
         # Tune prints its own tables to stdout; keep stdout for the summary JSON (scripts parse it).
-        with _SignalToInterrupt(), contextlib.redirect_stdout(sys.stderr):
+        with _SignalToInterrupt(), contextlib.redirect_stdout(sys.stderr), stops.budget:
             tuner.fit()
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -246,7 +258,7 @@ def _fit(tuner, tracker, guard) -> str:
     return status
 
 
-def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dict[str, Any]:
+def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str, stops=None) -> dict[str, Any]:
     trials, rebuilt = recover_trials(results_dir)  # rewritten by the recorder unless no callback ran
     if rebuilt:
         write_atomic(results_dir / TRIALS, json.dumps(trials, indent=1, sort_keys=True, default=str))
@@ -254,19 +266,31 @@ def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dic
     unfinished = [t for t in trials.values() if t["status"] == "running"]
     # A stop that came while no trial was running ends Tune as if it had finished: count the trials as well.
     unstarted = max(0, spec.searcher.num_samples - len(trials))
+    if stops is not None and stops.target is not None and stops.target.reached and status != "KILLED":
+        _say(f"sweep ended: {stops.reason}")
+        return {**_finish(spec, results_dir, meta, trials, tracker), "ended": stops.reason}
     if status == "KILLED" or unfinished or unstarted:
         if tracker is not None:
             tracker.close("KILLED")
+        if stops is not None and stops.budget.spent and status != "KILLED":
+            _say(f"sweep stopped: {stops.reason}: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} "
+                 f"unfinished, {unstarted} not started. Continue with: ternsearch sweep {spec.file} --resume "
+                 "(each run gets the time budget)")
+            return {"ended": stops.reason, "results": str(results_dir), "trials": len(trials),
+                    "unfinished": len(unfinished), "not_started": unstarted}
         _say(f"sweep interrupted: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} unfinished"
              + (f", {unstarted} not started" if unstarted else "")
              + f". Resume with: ternsearch sweep {spec.file} --resume")
         return {"interrupted": True, "results": str(results_dir)}
-    return _finish(spec, results_dir, meta, trials, tracker)
+    return {**_finish(spec, results_dir, meta, trials, tracker), "ended": f"all {len(trials)} trials ran"}
 
 
 def _reconcile_study(spec, results_dir: Path, meta: dict, trials: dict) -> None:
     """The study on disk agrees with trials.json: trials a killed driver left RUNNING there get their state."""
-    from ternsearch.run.searcher import reconcile_study  # Optuna and Ray Tune, loaded by now: the sweep has run
+    if not meta.get("sweep_id"):
+        return
+    # Optuna and Ray Tune, loaded by now: the sweep has run
+    from ternsearch.run.searcher import reconcile_study
 
     try:
         reconcile_study(results_dir, meta["sweep_id"], trials, [m.name for m in spec.objectives])

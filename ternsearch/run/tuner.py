@@ -237,9 +237,10 @@ def _tolerate_deleted_checkpoints() -> None:
 
 
 def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
-                stop: Optional[tune.Stopper] = None, sweep_id: str = "") -> tune.Tuner:
+                stop: Optional[tune.Stopper] = None, sweep_id: str = "", target=None) -> tune.Tuner:
     """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``; ``stop`` may end it. Its
-    Optuna study is ``RESULTS/optuna.db``, named ``sweep_id`` (see :mod:`ternsearch.run.searcher`)."""
+    Optuna study is ``RESULTS/optuna.db``, named ``sweep_id`` (see :mod:`ternsearch.run.searcher`); no trial starts
+    once ``target`` (a ``TargetStopper``) is reached."""
     _tolerate_deleted_checkpoints()
     no_retry_for_permanent_errors()
     search, scheduler = _searcher_and_scheduler(spec, plan, storage_path, sweep_id or spec.name)
@@ -249,7 +250,7 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
             # One metric for Tune to hand the scheduler; none with several objectives (ASHA has its own then).
             metric=None if spec.multi_objective else spec.metric.name,
             mode=None if spec.multi_objective else spec.metric.mode, scheduler=scheduler,
-            search_alg=search_alg(search, spec.searcher.num_samples, plan.max_concurrent),
+            search_alg=search_alg(search, spec.searcher.num_samples, plan.max_concurrent, target),
             num_samples=spec.searcher.num_samples,
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
@@ -279,7 +280,7 @@ def accept_former_module_names() -> None:
 
 
 def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
-                  stop: Optional[tune.Stopper] = None) -> tune.Tuner:
+                  stop: Optional[tune.Stopper] = None, target=None) -> tune.Tuner:
     """Continue an interrupted or failed sweep: unfinished trials resume from their checkpoints, finished and
     ASHA-stopped ones are kept, and the searcher's state (Optuna study) is restored. Errored trials run again
     from their last checkpoint: one that failed because of something since fixed (data, a crash budget spent)
@@ -296,6 +297,7 @@ def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: lis
     # The spec's num_samples, which --resume may have raised (a grown sweep): the restored searcher behind a fresh
     # generator that keeps it (TuneConfig is TunerInternal._tune_config, checked against ray 2.60).
     tune_config = tuner._local_tuner._tune_config
-    tune_config.search_alg = search_alg(tune_config.search_alg, spec.searcher.num_samples, plan.max_concurrent)
+    tune_config.search_alg = search_alg(tune_config.search_alg, spec.searcher.num_samples, plan.max_concurrent,
+                                        target)
     tune_config.num_samples, tune_config.max_concurrent_trials = spec.searcher.num_samples, None
     return tuner

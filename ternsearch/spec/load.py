@@ -109,8 +109,21 @@ def _check_objectives(loc: Located, doc: _SweepModel) -> None:
                         "objective (list 2 or 3 under metric:, or use tpe)")
 
 
+def _check_stopping(loc: Located, doc: _SweepModel) -> None:
+    searcher = doc.searcher
+    if searcher.time_budget is not None and searcher.time_budget_s is None:
+        raise loc.error(("searcher", "time_budget"), f"{show(searcher.time_budget)} is not a duration (a positive "
+                        "number of seconds, or one with s, m, h or d: 90s, 30m, 2h, 1d)")
+    names = [m.name for m in doc.objectives()]
+    for key in searcher.stop_at:
+        if key not in names:
+            raise loc.error(("searcher", "stop_at", key), f"'{key}' is not an objective (stop_at takes objectives "
+                            f"and the value one trial must reach: {names[0]}: 0.9; choose from: {', '.join(names)})")
+
+
 def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
     _check_objectives(loc, doc)
+    _check_stopping(loc, doc)
     by_name = {p.name: p for p in params}
     max_epochs = largest_epochs(doc.train.epochs, params)
     if doc.scheduler.algorithm == "asha" and doc.scheduler.grace_period > max_epochs:
