@@ -140,3 +140,48 @@ def test_time_budget_stops_the_sweep_and_resume_continues(tmp_path, data_root):
     trials = json.loads((results / "trials.json").read_text())
     assert len(trials) == 5 and all(t["status"] != "running" for t in trials.values())
     assert len(check_study_agrees(results)) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_killed_driver_leaves_a_study_that_resume_makes_whole(tmp_path, data_root):
+    """SIGKILL the sweep driver with one trial finished and one running, then --resume: the study holds one record
+    per trial of trials.json (a trial the kill lost is FAIL with user attribute lost), none RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = write_spec(tmp_path, "killed", 3)
+    spec.write_text(spec.read_text().replace("epochs: 2", "epochs: 3"))
+    results = tmp_path / "results" / "killed"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    proc = subprocess.Popen([sys.executable, "-m", "ternsearch.cli", "sweep", str(spec)], cwd=tmp_path, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        end = time.time() + 300
+        while time.time() < end:
+            trials = json.loads((results / "trials.json").read_text()) if (results / "trials.json").exists() else {}
+            states = [(t["status"], t["epochs"]) for t in trials.values()]
+            if any(s != "running" for s, _ in states) and any(s == "running" and e >= 1 for s, e in states):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("no finished and running trial at once")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _, records = study_trials(results)
+    assert any(r.state.name == "RUNNING" for r in records)  # what the kill left
+    time.sleep(3)  # let the orphaned Ray processes notice their driver is gone
+
+    resumed = cli("sweep", str(spec), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(check_study_agrees(results)) == 3
+    _, records = study_trials(results)
+    lost = json.loads((results / "trials_lost.json").read_text()) if (results / "trials_lost.json").exists() else {}
+    assert sorted(r.user_attrs["tune_trial_id"] for r in records if r.user_attrs.get("lost")) == sorted(lost)
+    assert all(r.state.name == "FAIL" for r in records if r.user_attrs.get("lost"))
