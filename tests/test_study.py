@@ -40,11 +40,13 @@ def study_trials(results: Path):
 
 
 def check_study_agrees(results: Path) -> list:
-    """One study record per trial of trials.json (records of lost trials aside), none RUNNING, states agreeing."""
+    """One study record per trial of trials.json (records of lost, rerun and warm-start trials aside), none
+    RUNNING, states agreeing."""
     trials = json.loads((results / "trials.json").read_text())
     study, records = study_trials(results)
     assert study.user_attrs["sweep_id"] == json.loads((results / "sweep.json").read_text())["sweep_id"]
-    own = [r for r in records if not r.user_attrs.get("lost") and "rerun_of" not in r.user_attrs]
+    own = [r for r in records if not r.user_attrs.get("lost") and "rerun_of" not in r.user_attrs
+           and "warm_start_from" not in r.user_attrs]
     assert sorted(r.user_attrs["tune_trial_id"] for r in own) == sorted(trials)
     assert not [r for r in records if r.state.name in ("RUNNING", "WAITING")]
     expected = {"completed": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}
@@ -185,3 +187,36 @@ def test_killed_driver_leaves_a_study_that_resume_makes_whole(tmp_path, data_roo
     lost = json.loads((results / "trials_lost.json").read_text()) if (results / "trials_lost.json").exists() else {}
     assert sorted(r.user_attrs["tune_trial_id"] for r in records if r.user_attrs.get("lost")) == sorted(lost)
     assert all(r.state.name == "FAIL" for r in records if r.user_attrs.get("lost"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_warm_start_and_points(tmp_path, data_root):
+    """A second sweep seeded from the first starts with the first's finished trials in its study; its points run
+    first and in order, and the sampler's next proposal has seen all of them. A warm_start folder with no study is
+    one line before Ray starts."""
+    first_spec = write_spec(tmp_path, "first", 2)
+    first = cli("sweep", str(first_spec), "-q", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    _, earlier = study_trials(tmp_path / "results" / "first")
+
+    nowhere = write_spec(tmp_path, "nowhere", 3, extra=f", warm_start: [{tmp_path / 'nothing'}]")
+    refused = cli("sweep", str(nowhere), cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stderr.strip() == (
+        f"{nowhere}:8: searcher.warm_start[0]: {tmp_path / 'nothing'} holds no sweep.json and no optuna.db (give "
+        "the results directory of an earlier sweep, one that kept its Optuna study)")
+
+    extra = f", warm_start: [{tmp_path / 'results' / 'first'}], points: [{{lr: 0.001}}, {{lr: 0.002}}]"
+    spec = write_spec(tmp_path, "second", 3, seed=2, extra=extra)
+    second = cli("sweep", str(spec), "-q", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"warm start: 2 trials from {tmp_path / 'results' / 'first'}" in second.stderr
+    results = tmp_path / "results" / "second"
+    study, records = study_trials(results)
+    seeded = [r for r in records if "warm_start_from" in r.user_attrs]
+    assert [(r.state, r.params, r.value) for r in seeded] == [(r.state, r.params, r.value) for r in earlier]
+    own = sorted(check_study_agrees(results), key=lambda r: r.number)
+    assert [r.params["lr"] for r in own[:2]] == [0.001, 0.002]
+    assert own[2].user_attrs["trials_before"] == 4
+    trials = sorted(json.loads((results / "trials.json").read_text()).values(), key=lambda t: t["started"])
+    assert [t["config"]["lr"] for t in trials[:2]] == [0.001, 0.002]

@@ -11,7 +11,8 @@ from typing import Optional
 from ternsearch.errors import ResultsError
 from ternsearch.spec import SweepSpec, load_spec
 
-__all__ = ["resolve_storage", "records_dir", "spec_digest", "spec_keys", "check_same_spec", "RESUMABLE_CHANGES"]
+__all__ = ["resolve_storage", "records_dir", "spec_digest", "spec_keys", "check_same_spec", "RESUMABLE_CHANGES",
+           "check_warm_start"]
 
 # What a resumed sweep may change in its spec: grow it, give it more time, move its target.
 RESUMABLE_CHANGES = ("searcher.num_samples", "searcher.time_budget", "searcher.stop_at")
@@ -59,6 +60,17 @@ def spec_keys(spec: SweepSpec) -> dict[str, str]:
 
     walk("", spec.doc.model_dump(mode="json"))
     return flat
+
+
+def check_warm_start(spec: SweepSpec) -> None:
+    """Before Ray starts: each ``searcher.warm_start`` entry is an earlier sweep's results directory with its study
+    (``FILE:LINE: searcher.warm_start[I]: ...``, one line)."""
+    for i, source in enumerate(spec.searcher.warm_start):
+        folder = Path(source).expanduser()
+        missing = [name for name in ("sweep.json", "optuna.db") if not (folder / name).is_file()]
+        if missing:
+            raise spec.located.error(("searcher", "warm_start", i), f"{folder} holds no {' and no '.join(missing)} "
+                                     "(give the results directory of an earlier sweep, one that kept its Optuna study)")
 
 
 def check_same_spec(results_dir: Path, meta: dict, spec_file, hint: str) -> None:

@@ -16,6 +16,7 @@ trials when the sampler proposed it); the study carries ``sweep_id``, ``sweep`` 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -25,9 +26,11 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 from trainables.failures import failure_reason
 
-from ternsearch.results.files import STUDY
+from ternsearch.results.files import STUDY, read_sweep
+from ternsearch.spec.space import distribution
 
-__all__ = ["StudySearcher", "GrowingGenerator", "study_url", "study_storage", "search_alg", "reconcile_study"]
+__all__ = ["StudySearcher", "GrowingGenerator", "study_url", "study_storage", "search_alg", "reconcile_study",
+           "seed_study"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -48,16 +51,22 @@ class StudySearcher(OptunaSearch):
     (Tune tells the searcher of an errored trial without a result, which Optuna would record as FAIL and ignore).
     Each trial it proposes is labelled in the study with its Tune trial id and the sweep."""
 
-    def __init__(self, *args, sweep_id: str = "", sweep: str = "", **kwargs):
-        self._sweep_id, self._sweep = sweep_id, sweep
+    def __init__(self, *args, sweep_id: str = "", sweep: str = "", warm_start=(), **kwargs):
+        self._sweep_id, self._sweep, self._warm_start = sweep_id, sweep, list(warm_start)
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode):
-        super()._setup_study(mode)
+        fresh = self._storage is None or not any(s.study_name == self._study_name
+                                                 for s in optuna.get_all_study_summaries(self._storage))
+        super()._setup_study(mode)  # enqueues searcher.points (points_to_evaluate), in order
         if getattr(self, "_sweep_id", ""):
             names = self._metric if isinstance(self._metric, list) else [self._metric]
-            for key, value in (("sweep_id", self._sweep_id), ("sweep", self._sweep), ("objectives", names)):
+            for key, value in (("sweep_id", self._sweep_id), ("sweep", self._sweep), ("objectives", names),
+                               ("warm_start", self._warm_start)):
                 self._ot_study.set_user_attr(key, value)
+        if fresh and self._warm_start:
+            for line in seed_study(self._ot_study, self._warm_start, self._space.params):
+                print(line, file=sys.stderr, flush=True)
 
     def suggest(self, trial_id: str):
         new = trial_id not in self._ot_trials
@@ -155,6 +164,30 @@ def search_alg(searcher, num_samples: int, max_concurrent: int, target=None) -> 
     while hasattr(searcher, "searcher"):
         searcher = searcher.searcher
     return GrowingGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent), num_samples, target)
+
+
+def seed_study(study, sources: list[str], params) -> list[str]:
+    """Add the finished (complete and pruned) trials of earlier sweeps' studies (results directories ``sources``) to
+    ``study``: those whose every parameter the new space has with the same distribution, in studies with the same
+    objective directions; the others are skipped and counted. One line per source, saying so."""
+    dists = {p.name: distribution(p) for p in params}
+    lines = []
+    for source in sources:
+        meta = read_sweep(Path(source))
+        old = optuna.load_study(study_name=meta["sweep_id"], storage=study_url(source))
+        added = skipped = 0
+        for t in old.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if old.directions != study.directions or any(dists.get(k) != d for k, d in t.distributions.items()):
+                skipped += 1
+                continue
+            study.add_trial(optuna.trial.create_trial(
+                state=t.state, params=t.params, distributions=t.distributions,
+                values=t.values if t.state == TrialState.COMPLETE else None, intermediate_values=t.intermediate_values,
+                user_attrs={"warm_start_from": meta["sweep_id"], "source_trial": t.user_attrs.get("tune_trial_id")}))
+            added += 1
+        lines.append(f"warm start: {added} trials from {source}" + (
+            f" ({skipped} skipped: other parameters, distributions or objectives)" if skipped else ""))
+    return lines
 
 
 def _told(entry: Optional[dict], names: list[str]) -> tuple[TrialState, Optional[list[float]]]:

@@ -19,7 +19,8 @@ from ternsearch.results.atomic import write_atomic
 from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.export import write_best_config
 from ternsearch.results.files import LOST, SWEEP, TRIALS, read_history, read_json, read_sweep
-from ternsearch.results.location import check_same_spec, records_dir, resolve_storage, spec_digest, spec_keys
+from ternsearch.results.location import (check_same_spec, check_warm_start, records_dir, resolve_storage,
+                                         spec_digest, spec_keys)
 from ternsearch.results.rebuild import recover_trials
 from ternsearch.run.cluster import check_cluster, start_cluster
 from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
@@ -118,6 +119,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     results_dir = records_dir(spec.name, storage_path)
     check_environment(spec, storage_path, address, storage)
     check_results(results_dir, spec.file, resume)
+    if not resume:
+        check_warm_start(spec)
     # An unreachable server: one line, in seconds, before Ray starts (the only probe of the sweep).
     uri = resolve_uri(results_dir, tracking_uri, spec.tracking.uri, probe=spec.tracking.enabled)
     check_tracking_store(uri, (lambda d: f"--tracking-uri {tracking_uri}: {d}") if tracking_uri else

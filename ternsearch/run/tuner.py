@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from ray import tune
@@ -196,7 +197,8 @@ def _searcher_and_scheduler(spec: SweepSpec, plan: Plan, storage_path: Optional[
     storage = study_storage(records_dir(spec.name, storage_path)) if storage_path else None
     search = StudySearcher(space=DefineByRun(spec.params), metric=metric, mode=mode, sampler=sampler,
                            seed=spec.searcher.seed, study_name=sweep_id or None, storage=storage, sweep_id=sweep_id,
-                           sweep=spec.name)
+                           sweep=spec.name, points_to_evaluate=[dict(p) for p in spec.searcher.points] or None,
+                           warm_start=[str(Path(s).expanduser().resolve()) for s in spec.searcher.warm_start])
     if spec.scheduler.algorithm == "asha":
         # Our own `epoch` is the time axis: Tune's training_iteration restarts when a trial's driver restarts.
         # With several objectives ASHA gets its own (scheduler.metric) and Tune none (see build_tuner).

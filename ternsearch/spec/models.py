@@ -32,6 +32,10 @@ class SearcherConfig(Strict):
     # seconds), and objective values that end the sweep once one trial reaches them ({val_acc: 0.9}).
     time_budget: Optional[Union[float, str]] = None
     stop_at: dict[str, float] = Field(default_factory=dict)
+    # Earlier sweeps' results directories whose finished trials seed a new sweep's study, and configurations (of
+    # searched parameters) to run first, in order.
+    warm_start: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    points: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def time_budget_s(self) -> Optional[float]:
