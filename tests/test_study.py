@@ -111,6 +111,8 @@ def test_stop_at_ends_the_sweep_and_resume_goes_on(tmp_path, data_root):
     summary = json.loads(first.stdout)
     assert summary["ended"].startswith("stop_at reached: trial ") and summary["trials"] == 1, summary
     assert "sweep ended: stop_at reached" in first.stderr and (results / "best.yaml").exists()
+    (trial,) = json.loads((results / "trials.json").read_text()).values()
+    assert trial["status"] == "stopped" and trial["reason"] == "stopped at epoch 1: stop_at reached", trial
     check_study_agrees(results)
 
     write_spec(tmp_path, "target", 3)

@@ -6,7 +6,8 @@ would merge every sweep sharing a storage). Only the sweep driver writes it. SQL
 file: measured with a writer SIGKILLed at a random moment (benchmarks/study_kill.py, 6 kills each, Optuna 5.0),
 both kept every finished trial whole, but the journal's lock is a file the killed process leaves behind, and 2 of
 6 reopenings waited 30 s for it to go stale (Optuna's grace period); SQLite reopened in 0.7 s every time (its
-locks die with their process, its rollback journal undoes a half-written transaction on the next open). Open it with Optuna's own tools::
+locks die with their process, its rollback journal undoes a half-written transaction on the next open).
+Open it with Optuna's own tools::
 
     optuna.load_study(study_name=SWEEP_ID, storage="sqlite:///RESULTS/optuna.db")
 

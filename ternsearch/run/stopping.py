@@ -31,6 +31,7 @@ class TargetStopper(tune.Stopper):
     def __init__(self, targets: dict[str, float], modes: dict[str, str]):
         self.targets, self.modes = dict(targets), dict(modes)
         self.reached: Optional[str] = None
+        self.stopped: set[str] = set()  # the trials it stopped
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         if self.reached is None and not failure_reason(result):
@@ -41,10 +42,22 @@ class TargetStopper(tune.Stopper):
                     self.reached = (f"stop_at reached: trial {trial_id} has {name} = {value:.4f} at epoch "
                                     f"{result.get('epoch')} (target {target:g})")
                     break
+        if self.reached is not None:
+            self.stopped.add(trial_id)
         return self.reached is not None
 
     def stop_all(self) -> bool:
         return False
+
+    def relabel(self, trials: dict) -> bool:
+        """Give the trials it stopped (trials.json's entries, which say "stopped by ASHA") their real reason;
+        whether any changed. (Their MLflow runs keep the recorder's words.)"""
+        changed = False
+        for tid in self.stopped & set(trials):
+            if trials[tid]["status"] == "stopped":
+                trials[tid]["reason"] = f"stopped at epoch {trials[tid].get('epochs')}: stop_at reached"
+                changed = True
+        return changed
 
 
 class TimeBudget:

@@ -271,6 +271,8 @@ def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str, stops=
     unstarted = max(0, spec.searcher.num_samples - len(trials))
     if stops is not None and stops.target is not None and stops.target.reached and status != "KILLED":
         _say(f"sweep ended: {stops.reason}")
+        if stops.target.relabel(trials):
+            write_atomic(results_dir / TRIALS, json.dumps(trials, indent=1, sort_keys=True, default=str))
         return {**_finish(spec, results_dir, meta, trials, tracker), "ended": stops.reason}
     if status == "KILLED" or unfinished or unstarted:
         if tracker is not None:
