@@ -24,6 +24,7 @@ from ternsearch.spec.describe import metric_words
 from ternsearch.spec.uris import check_ray_address, check_storage_path, check_tracking_uri
 from ternsearch.spec.yamlsrc import load_located
 from ternsearch.tracking.train_runs import log_single_run
+from ternsearch.tracking.dashboard import dashboard_command
 from ternsearch.tracking.ui import ui_command
 
 __all__ = ["main"]
@@ -71,6 +72,10 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 def _cmd_ui(a: argparse.Namespace) -> int:
     return ui_command(a)
+
+
+def _cmd_dashboard(a: argparse.Namespace) -> int:
+    return dashboard_command(a)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -196,6 +201,14 @@ def _add_report_ui(sub) -> None:
     u.add_argument("--port", type=_whole("--port", 0, 65535, "not a port", "1 to 65535, or 0 for a free one"),
                    default=5000, help="port to listen on (0: a free one; default 5000)")
     u.set_defaults(func=_cmd_ui)
+    d = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study (listens on 127.0.0.1; "
+                       "pip install 'ternsearch[dashboard]')")
+    d.add_argument("results", help="a sweep's results directory")
+    d.add_argument("--host", default="127.0.0.1", type=_checked("--host", _host_problem),
+                   help="interface to listen on (default 127.0.0.1: this machine only)")
+    d.add_argument("--port", type=_whole("--port", 0, 65535, "not a port", "1 to 65535, or 0 for a free one"),
+                   default=8080, help="port to listen on (0: a free one; default 8080)")
+    d.set_defaults(func=_cmd_dashboard)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -103,7 +103,7 @@ ROWS = [
          f"ternsearch train: the following arguments are required: config {HELP.format('train')}"),
     _row("no command", [], "ternsearch: the following arguments are required: COMMAND (run ternsearch --help)"),
     _row("unknown command", "bogus", "ternsearch: COMMAND: invalid choice: 'bogus' (choose from 'train', 'validate', "
-         "'sweep', 'export', 'report', 'ui') (run ternsearch --help)"),
+         "'sweep', 'export', 'report', 'ui', 'dashboard') (run ternsearch --help)"),
     _row("flag value missing", "export {results} -o", "ternsearch export: -o/--output: expected one argument "
          f"{HELP.format('export')}"),
     # 1. numbers and picks
@@ -207,6 +207,9 @@ ROWS = [
     _row("export missing results", "export nothere", "nothere: no such results directory"),
     _row("report missing results", "report nothere", "nothere: no such results directory"),
     _row("ui missing results", "ui nothere", "nothere: no such results directory"),
+    _row("dashboard not results", "dashboard notresults", f"notresults: {NOT_RESULTS}"),
+    _row("dashboard without a study", "dashboard {results}", "{results}: no Optuna study there (optuna.db; a sweep "
+         "started before ternsearch kept its study on disk has it only in Tune's state)"),
     _row("report of a file", "report afile", f"afile: {A_FILE}"),
     _row("ui of a file", "ui afile", f"afile: {A_FILE}"),
     _row("export of a file", "export afile",

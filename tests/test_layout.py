@@ -24,7 +24,8 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # What a function-local import may defer: these take seconds to import, or pull in a GPU runtime.
 HEAVY = {"torch", "torchvision", "ray", "mlflow", "plotly", "optuna", "pandas", "pyarrow", "numpy", "sklearn",
-         "onnx", "onnxruntime", "onnxscript", "tensorboard", "scipy", "yaml_ext"}
+         "onnx", "onnxruntime", "onnxscript", "tensorboard", "scipy", "yaml_ext",
+         "optuna_dashboard"}  # optuna_dashboard imports optuna, and is an optional extra besides
 
 
 # The layers of ternsearch/, lowest first: a module imports only from its own layer or lower ones.

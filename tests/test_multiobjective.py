@@ -56,6 +56,17 @@ def test_two_objectives_give_a_pareto_front_to_pick_from(tmp_path, data_root, al
     assert summary["best_trial"] in front  # the best accuracy is never dominated
     assert "Pareto front (max val_acc, max ternary_zero_frac)" in proc.stderr
 
+    # The study on disk is multi-objective: both values of every trial, labelled with its Tune id.
+    import optuna
+
+    study = optuna.load_study(study_name=json.loads((results / "sweep.json").read_text())["sweep_id"],
+                              storage=f"sqlite:///{results / 'optuna.db'}")
+    assert len(study.directions) == 2 and study.user_attrs["objectives"] == ["val_acc", "ternary_zero_frac"]
+    records = {r.user_attrs["tune_trial_id"]: r for r in study.get_trials()}
+    assert sorted(records) == sorted(trials) and all(r.state.name == "COMPLETE" for r in records.values())
+    for tid, r in records.items():
+        assert r.values == pytest.approx(point[tid])
+
     # --pick: the sparsest front trial within a tolerance of the front's best accuracy.
     best_acc = max(point[t][0] for t in front)
     near = [t for t in front if best_acc - point[t][0] <= 0.05]

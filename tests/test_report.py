@@ -244,13 +244,14 @@ def test_report_command_writes_reports_folder(sweep):
 @pytest.mark.ray
 def test_results_of_another_spec_are_refused_and_kept(sweep):
     """`export --spec` and `sweep --resume` refuse results another spec made (here: the same file with one value
-    changed), in one line with exit 1, before any Ray start, and leave the records as they were."""
+    changed; num_samples alone may change), in one line naming the key, exit 1, before any Ray start, and leave the
+    records as they were."""
     tmp, summary, results = sweep
     spec = tmp / f"{NAME}.yaml"
     other_dir = tmp / "edited"
     other_dir.mkdir(exist_ok=True)
     other = other_dir / f"{NAME}.yaml"
-    other.write_text(spec.read_text().replace("num_samples: 6", "num_samples: 7"))
+    other.write_text(spec.read_text().replace("seed: 10", "seed: 11"))
     before = {p.name: p.read_bytes() for p in results.iterdir() if p.is_file()}
 
     ok = cli("export", str(spec), "-o", str(tmp / "from-spec.yaml"), cwd=tmp)  # the spec file names its results
@@ -259,11 +260,11 @@ def test_results_of_another_spec_are_refused_and_kept(sweep):
 
     refused = [cli("export", str(results), "--spec", str(other), "-o", str(tmp / "x.yaml"), cwd=tmp),
                cli("sweep", str(other), "--resume", cwd=tmp)]
-    for proc, what in zip(refused, ("give the spec that made it", "--resume needs the very file that started it")):
+    for proc, what in zip(refused, ("give the spec that made it", "--resume needs the file that started it")):
         assert proc.returncode == 1, proc.stderr
         line = proc.stderr.strip()
         assert "\n" not in line and "Traceback" not in line, line
-        assert line.startswith(f"{results}: made by another spec ({spec.resolve()}), not by {other} as it is now")
+        assert line.startswith(f"{results}: {other} changes searcher.seed of the sweep {spec.resolve()} started")
         assert what in line
     assert not (tmp / "x.yaml").exists()
     assert {p.name: p.read_bytes() for p in results.iterdir() if p.is_file()} == before

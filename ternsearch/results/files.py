@@ -18,13 +18,14 @@ from typing import Any, Callable, Optional
 from ternsearch.errors import RecordError, ResultsError
 from ternsearch.results.atomic import torn_tail
 
-__all__ = ["HISTORY", "LOST", "SWEEP", "TRIALS", "TUNE_DIR", "SWEEP_HINT", "read_epochs", "read_history",
+__all__ = ["HISTORY", "LOST", "STUDY", "SWEEP", "TRIALS", "TUNE_DIR", "SWEEP_HINT", "read_epochs", "read_history",
            "read_json", "read_sweep", "read_trials"]
 
 HISTORY = "history.jsonl"
 TRIALS = "trials.json"
 SWEEP = "sweep.json"
 LOST = "trials_lost.json"  # trials a killed driver started that Tune's last saved state did not hold
+STUDY = "optuna.db"  # the sweep's Optuna study (RDB storage on SQLite; see ternsearch.run.searcher)
 TUNE_DIR = "tune"  # Tune's experiment directory in the results directory (local and shared-filesystem storage)
 
 SWEEP_HINT = ("sweep.json is written when the sweep starts and the other records cannot replace it: restore it "

@@ -19,7 +19,8 @@ from ternsearch.results.atomic import write_atomic
 from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.export import write_best_config
 from ternsearch.results.files import LOST, SWEEP, TRIALS, read_history, read_json, read_sweep
-from ternsearch.results.location import check_same_spec, records_dir, resolve_storage, spec_digest
+from ternsearch.results.location import (check_same_spec, check_warm_start, records_dir, resolve_storage,
+                                         spec_digest, spec_keys)
 from ternsearch.results.rebuild import recover_trials
 from ternsearch.run.cluster import check_cluster, start_cluster
 from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
@@ -46,7 +47,7 @@ def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
                  f" (grace {spec.scheduler.grace_period}, reduction {spec.scheduler.reduction_factor:g}, "
                  f"max_t {plan.max_epochs})" if spec.scheduler.algorithm == "asha" else ""),
              f"  budget: at most {spec.searcher.num_samples * plan.max_epochs} epochs "
-             f"({plan.max_epochs} per trial)",
+             f"({plan.max_epochs} per trial)" + _stopping_words(spec),
              f"  trial: {plan.mode}, {plan.workers} worker(s), {plan.cpus_per_worker:g} CPU"
              + (f" + {plan.gpus_per_worker:g} GPU" if plan.use_gpu else "") + " each; "
              f"a trial takes {', '.join(f'{v:g} {k}' for k, v in plan.trial_resources.items())}",
@@ -58,6 +59,14 @@ def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
 
 
 
+def _stopping_words(spec: SweepSpec) -> str:
+    words = [f"{spec.searcher.time_budget} of wall time"] if spec.searcher.time_budget is not None else []
+    modes = {m.name: m.mode for m in spec.objectives}
+    words += [f"until a trial has {k} {'>=' if modes[k] == 'max' else '<='} {v:g}"
+              for k, v in spec.searcher.stop_at.items()]
+    return f", {' or '.join(words)}" if words else ""
+
+
 def check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
     """Before Ray starts: ``--resume`` needs the sweep this very file started, a new sweep an unused name."""
     meta_path = results_dir / SWEEP
@@ -65,8 +74,8 @@ def check_results(results_dir: Path, spec_file: str, resume: bool) -> None:
         if not meta_path.exists():
             raise ResultsError(f"{results_dir}: no sweep to resume here (no {SWEEP}); run without --resume")
         check_same_spec(results_dir, read_sweep(results_dir), spec_file,
-                        "--resume needs the very file that started it (or change name: or storage.path to start a "
-                        "new sweep)")
+                        "--resume needs the file that started it (or change name: or storage.path to start a new "
+                        "sweep)")
         check_records(results_dir)
     elif meta_path.exists():
         raise ResultsError(f"{results_dir}: a sweep named '{results_dir.name}' already exists there "
@@ -110,6 +119,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     results_dir = records_dir(spec.name, storage_path)
     check_environment(spec, storage_path, address, storage)
     check_results(results_dir, spec.file, resume)
+    if not resume:
+        check_warm_start(spec)
     # An unreachable server: one line, in seconds, before Ray starts (the only probe of the sweep).
     uri = resolve_uri(results_dir, tracking_uri, spec.tracking.uri, probe=spec.tracking.enabled)
     check_tracking_store(uri, (lambda d: f"--tracking-uri {tracking_uri}: {d}") if tracking_uri else
@@ -156,18 +167,20 @@ def _shutdown_ray_in_background() -> threading.Thread:
 def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_ray=False,
              verbose=False) -> dict[str, Any]:
     # Ray Tune, like the modules below: imported after Ray is up (the warm-up thread has them ready)
+    from ternsearch.run.stopping import SweepStops
     from ternsearch.run.tuner import prestart_train_services
 
     if plan.mode == "torchtrainer":
         prestart_train_services()
     meta, tracker = _open_records(spec, plan, storage_path, results_dir, uri, resume=resume, verbose=verbose)
-    tuner, guard = _tuner(spec, plan, storage_path, results_dir, meta, tracker, resume=resume, quiet=quiet)
-    status = _fit(tuner, tracker, guard)
+    stops = SweepStops(spec)
+    tuner, guard = _tuner(spec, plan, storage_path, results_dir, meta, tracker, stops, resume=resume, quiet=quiet)
+    status = _fit(tuner, tracker, guard, stops)
     stopping = _shutdown_ray_in_background() if owns_ray else None
     try:
         if guard.reason:  # every first trial failed the same way before training: the cause is the sweep's
             raise SweepFailedError(f"{guard.reason}; fix it, then: ternsearch sweep {spec.file} --resume")
-        return _after_fit(spec, results_dir, meta, tracker, status)
+        return _after_fit(spec, results_dir, meta, tracker, status, stops)
     finally:
         if stopping is not None:
             stopping.join()
@@ -198,15 +211,16 @@ def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resu
         meta["parent_run_id"] = tracker.start(probe=False)  # probed before Ray; a store down since fails here
         if resume:
             tracker.reconcile()
+    # On --resume the spec may have grown (num_samples) or changed its stopping rules: the records follow it.
     meta.update(tracking_uri=without_credentials(uri), experiment=spec.tracking.experiment or spec.name,
-                mode_trial=plan.mode)
+                mode_trial=plan.mode, spec_sha256=spec_digest(spec.file), spec_keys=spec_keys(spec),
+                num_samples=spec.searcher.num_samples)
     write_atomic(meta_path, json.dumps(meta, indent=1))
-    if not resume:
-        copy_redacted(spec.file, results_dir / "spec.yaml")  # a tracking URI's user:password masked
+    copy_redacted(spec.file, results_dir / "spec.yaml")  # a tracking URI's user:password masked
     return meta, tracker
 
 
-def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, *, resume: bool, quiet: bool):
+def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, stops, *, resume: bool, quiet: bool):
     """``(the Tuner, new or restored, with the sweep's callbacks, its setup-failure guard)``."""
     from ternsearch.results.recorder import SweepRecorder  # Ray Tune, as all four
     from ternsearch.run.failfast import SetupFailureGuard  # Ray Tune
@@ -218,8 +232,9 @@ def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, *, 
                  ReleaseTrainResources(), guard]
     if tracker is not None:
         callbacks.append(tracker)
-    tuner = (restore_tuner(spec, plan, storage_path, callbacks, guard.stopper) if resume
-             else build_tuner(spec, plan, storage_path, callbacks, guard.stopper))
+    stop = stops.stopper(guard.stopper)
+    tuner = (restore_tuner(spec, plan, storage_path, callbacks, stop, target=stops.target) if resume else
+             build_tuner(spec, plan, storage_path, callbacks, stop, sweep_id=meta["sweep_id"], target=stops.target))
     # Tune warns whenever it snapshots state often; with a checkpoint every epoch that is by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune saves its experiment state at most every 10 s by default; a killed driver loses what happened since.
@@ -228,13 +243,14 @@ def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, *, 
     return tuner, guard
 
 
-def _fit(tuner, tracker, guard) -> str:
-    """Run the trials: ``FINISHED``, ``KILLED`` (interrupted, SIGTERM included) or ``FAILED``; the tracker's parent
-    run is closed here unless the sweep finished (its best model is logged under it then)."""
+def _fit(tuner, tracker, guard, stops) -> str:
+    """Run the trials (within the time budget, if any): ``FINISHED``, ``KILLED`` (interrupted, SIGTERM included) or
+    ``FAILED``; the tracker's parent run is closed here unless the sweep finished (its best model is logged under
+    it then)."""
     status = "FAILED"
     try:
         # Tune prints its own tables to stdout; keep stdout for the summary JSON (scripts parse it).
-        with _SignalToInterrupt(), contextlib.redirect_stdout(sys.stderr):
+        with _SignalToInterrupt(), contextlib.redirect_stdout(sys.stderr), stops.budget:
             tuner.fit()
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -245,21 +261,47 @@ def _fit(tuner, tracker, guard) -> str:
     return status
 
 
-def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str) -> dict[str, Any]:
+def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str, stops=None) -> dict[str, Any]:
     trials, rebuilt = recover_trials(results_dir)  # rewritten by the recorder unless no callback ran
     if rebuilt:
         write_atomic(results_dir / TRIALS, json.dumps(trials, indent=1, sort_keys=True, default=str))
+    _reconcile_study(spec, results_dir, meta, trials)
     unfinished = [t for t in trials.values() if t["status"] == "running"]
     # A stop that came while no trial was running ends Tune as if it had finished: count the trials as well.
     unstarted = max(0, spec.searcher.num_samples - len(trials))
+    if stops is not None and stops.target is not None and stops.target.reached and status != "KILLED":
+        _say(f"sweep ended: {stops.reason}")
+        if stops.target.relabel(trials):
+            write_atomic(results_dir / TRIALS, json.dumps(trials, indent=1, sort_keys=True, default=str))
+        return {**_finish(spec, results_dir, meta, trials, tracker), "ended": stops.reason}
     if status == "KILLED" or unfinished or unstarted:
         if tracker is not None:
             tracker.close("KILLED")
+        if stops is not None and stops.budget.spent and status != "KILLED":
+            _say(f"sweep stopped: {stops.reason}: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} "
+                 f"unfinished, {unstarted} not started. Continue with: ternsearch sweep {spec.file} --resume "
+                 "(each run gets the time budget)")
+            return {"ended": stops.reason, "results": str(results_dir), "trials": len(trials),
+                    "unfinished": len(unfinished), "not_started": unstarted}
         _say(f"sweep interrupted: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} unfinished"
              + (f", {unstarted} not started" if unstarted else "")
              + f". Resume with: ternsearch sweep {spec.file} --resume")
         return {"interrupted": True, "results": str(results_dir)}
-    return _finish(spec, results_dir, meta, trials, tracker)
+    return {**_finish(spec, results_dir, meta, trials, tracker), "ended": f"all {len(trials)} trials ran"}
+
+
+def _reconcile_study(spec, results_dir: Path, meta: dict, trials: dict) -> None:
+    """The study on disk agrees with trials.json: trials a killed driver left RUNNING there get their state."""
+    if not meta.get("sweep_id"):
+        return
+    # Optuna and Ray Tune, loaded by now: the sweep has run
+    from ternsearch.run.searcher import reconcile_study
+
+    try:
+        reconcile_study(results_dir, meta["sweep_id"], trials, [m.name for m in spec.objectives])
+    except Exception as exc:  # noqa: BLE001 - the trials ran and are recorded; the study is a view of them
+        _say(f"warning: the Optuna study in {results_dir} could not be brought up to date "
+             f"({type(exc).__name__}: {exc}); trials.json is complete")
 
 
 def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[str, Any]:

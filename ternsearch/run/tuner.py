@@ -7,21 +7,22 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
-import optuna
 from ray import tune
 from ray._raylet import PlacementGroupID
 from ray.train._internal import checkpoint_manager
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 from trainables.entry import train_driver_fn
-from trainables.failures import failure_reason
 from trainables.setup import TrialSetup
 
 from ternsearch.results.files import TUNE_DIR
+from ternsearch.results.location import records_dir
 from ternsearch.run.failfast import no_retry_for_permanent_errors
+from ternsearch.run.searcher import StudySearcher, search_alg, study_storage
+from ternsearch.run.searcher import StudySearcher as _Searcher  # noqa: F401 - earlier sweeps pickled it so
 from ternsearch.spec import SweepSpec
 from ternsearch.spec.space import DefineByRun, make_sampler
 
@@ -172,63 +173,6 @@ class ReleaseTrainResources(tune.Callback):
         self._release(trial)
 
 
-class _Searcher(OptunaSearch):
-    """OptunaSearch that reports by our ``epoch`` (Tune's iteration restarts with a restarted trial), tells
-    Optuna that trials ASHA stopped early were pruned, not completed, and that a trial which failed for good
-    (diverged, out of memory) completed with the worst value it reported, so TPE learns to avoid its region
-    (Tune tells the searcher of an errored trial without a result, which Optuna would record as FAIL and ignore)."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials:
-            return
-        names = self.metric if isinstance(self.metric, list) else [self.metric]
-        if failure_reason(result) and all(n in result for n in names):
-            self.__dict__.setdefault("_failed", {})[trial_id] = {**{n: result[n] for n in names}, "run_complete": True}
-        if isinstance(self.metric, list):  # Optuna takes no intermediate values in a multi-objective study
-            return
-        if self.metric in result and "epoch" in result and trial_id in self._ot_trials:
-            seen = self.__dict__.setdefault("_reported", {}).setdefault(trial_id, set())
-            epoch = int(result["epoch"])
-            if epoch not in seen:  # a restarted trial repeats epochs; Optuna takes one value per step
-                seen.add(epoch)
-                self._ot_trials[trial_id].report(result[self.metric], epoch)
-
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
-            self._rerun_complete(trial_id, result, error)
-            return
-        failed = self.__dict__.get("_failed", {}).pop(trial_id, None)
-        if error and failed is not None:
-            result, error = failed, False
-        if result and not error and not result.get("run_complete", True) and trial_id not in self._completed_trials:
-            ot_trial = self._ot_trials[trial_id]
-            try:
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            except Exception:  # already told (restored searcher state)
-                pass
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result, error)
-
-    def _rerun_complete(self, trial_id: str, result: Optional[dict], error: bool) -> None:
-        """A trial ``--resume`` ran again after it had errored: Optuna recorded it as failed and takes no second
-        answer for it, so its configuration and final value go into the study as a new, completed trial."""
-        ot_trial = self._ot_trials.get(trial_id)
-        names = self.metric if isinstance(self.metric, list) else [self.metric]
-        if error or not result or ot_trial is None or any(not isinstance(result.get(n), (int, float)) for n in names):
-            return
-        try:
-            stored = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == ot_trial.number)
-            if stored.state != optuna.trial.TrialState.FAIL:
-                return
-            values = [float(result[n]) for n in names]
-            self._ot_study.add_trial(optuna.trial.create_trial(
-                params=ot_trial.params, distributions=ot_trial.distributions,
-                **({"values": values} if len(values) > 1 else {"value": values[0]})))
-        except Exception:  # noqa: BLE001 - the searcher learns a little less; the sweep goes on
-            pass
-
-
 def _trainable(spec: SweepSpec, plan: Plan, storage_path: str):
     fn = tune.with_parameters(train_driver_fn, setup=trial_setup(spec, plan, storage_path))
     extra = dict(spec.resources.driver_resources)
@@ -243,14 +187,18 @@ def _trainable(spec: SweepSpec, plan: Plan, storage_path: str):
     return tune.with_resources(fn, res)
 
 
-def _searcher_and_scheduler(spec: SweepSpec, plan: Plan):
+def _searcher_and_scheduler(spec: SweepSpec, plan: Plan, storage_path: Optional[str] = None, sweep_id: str = ""):
+    """The searcher (its study in RESULTS/optuna.db; in memory without ``storage_path``) and the scheduler."""
     sampler = make_sampler(spec.searcher.algorithm, spec.params, spec.searcher.seed, spec.searcher.num_samples)
     if spec.multi_objective:  # OptunaSearch takes lists: the study is multi-objective
         metric, mode = [m.name for m in spec.objectives], [m.mode for m in spec.objectives]
     else:
         metric, mode = spec.metric.name, spec.metric.mode
-    search = _Searcher(space=DefineByRun(spec.params), metric=metric, mode=mode, sampler=sampler,
-                       seed=spec.searcher.seed)
+    storage = study_storage(records_dir(spec.name, storage_path)) if storage_path else None
+    search = StudySearcher(space=DefineByRun(spec.params), metric=metric, mode=mode, sampler=sampler,
+                           seed=spec.searcher.seed, study_name=sweep_id or None, storage=storage, sweep_id=sweep_id,
+                           sweep=spec.name, points_to_evaluate=[dict(p) for p in spec.searcher.points] or None,
+                           warm_start=[str(Path(s).expanduser().resolve()) for s in spec.searcher.warm_start])
     if spec.scheduler.algorithm == "asha":
         # Our own `epoch` is the time axis: Tune's training_iteration restarts when a trial's driver restarts.
         # With several objectives ASHA gets its own (scheduler.metric) and Tune none (see build_tuner).
@@ -291,18 +239,21 @@ def _tolerate_deleted_checkpoints() -> None:
 
 
 def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
-                stop: Optional[tune.Stopper] = None) -> tune.Tuner:
-    """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``; ``stop`` may end it."""
+                stop: Optional[tune.Stopper] = None, sweep_id: str = "", target=None) -> tune.Tuner:
+    """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``; ``stop`` may end it. Its
+    Optuna study is ``RESULTS/optuna.db``, named ``sweep_id`` (see :mod:`ternsearch.run.searcher`); no trial starts
+    once ``target`` (a ``TargetStopper``) is reached."""
     _tolerate_deleted_checkpoints()
     no_retry_for_permanent_errors()
-    search, scheduler = _searcher_and_scheduler(spec, plan)
+    search, scheduler = _searcher_and_scheduler(spec, plan, storage_path, sweep_id or spec.name)
     return tune.Tuner(
         _trainable(spec, plan, storage_path),
         tune_config=tune.TuneConfig(
             # One metric for Tune to hand the scheduler; none with several objectives (ASHA has its own then).
             metric=None if spec.multi_objective else spec.metric.name,
-            mode=None if spec.multi_objective else spec.metric.mode, search_alg=search, scheduler=scheduler,
-            num_samples=spec.searcher.num_samples, max_concurrent_trials=plan.max_concurrent,
+            mode=None if spec.multi_objective else spec.metric.mode, scheduler=scheduler,
+            search_alg=search_alg(search, spec.searcher.num_samples, plan.max_concurrent, target),
+            num_samples=spec.searcher.num_samples,
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
             reuse_actors=reuse_actors(plan),
@@ -331,7 +282,7 @@ def accept_former_module_names() -> None:
 
 
 def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
-                  stop: Optional[tune.Stopper] = None) -> tune.Tuner:
+                  stop: Optional[tune.Stopper] = None, target=None) -> tune.Tuner:
     """Continue an interrupted or failed sweep: unfinished trials resume from their checkpoints, finished and
     ASHA-stopped ones are kept, and the searcher's state (Optuna study) is restored. Errored trials run again
     from their last checkpoint: one that failed because of something since fixed (data, a crash budget spent)
@@ -345,4 +296,10 @@ def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: lis
     # checked against ray 2.60: TunerInternal.get_run_config() returns the RunConfig that fit() hands to Tune).
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks, run_config.stop = callbacks, stop
+    # The spec's num_samples, which --resume may have raised (a grown sweep): the restored searcher behind a fresh
+    # generator that keeps it (TuneConfig is TunerInternal._tune_config, checked against ray 2.60).
+    tune_config = tuner._local_tuner._tune_config
+    tune_config.search_alg = search_alg(tune_config.search_alg, spec.searcher.num_samples, plan.max_concurrent,
+                                        target)
+    tune_config.num_samples, tune_config.max_concurrent_trials = spec.searcher.num_samples, None
     return tuner

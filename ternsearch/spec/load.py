@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from ternsearch.numbers import is_int, is_number
 from ternsearch.spec.models import Param, SweepSpec, TrackingConfig, TrainFile, _SweepModel, largest_epochs
 from ternsearch.spec.params import EXAMPLE, check_conditions, check_values, parse_param
 from ternsearch.spec.runcheck import check_full_precision, check_run
@@ -110,7 +111,47 @@ def _check_objectives(loc: Located, doc: _SweepModel) -> None:
                         "objective (list 2 or 3 under metric:, or use tpe)")
 
 
+def _check_stopping(loc: Located, doc: _SweepModel) -> None:
+    searcher = doc.searcher
+    if searcher.time_budget is not None and searcher.time_budget_s is None:
+        raise loc.error(("searcher", "time_budget"), f"{show(searcher.time_budget)} is not a duration (a positive "
+                        "number of seconds, or one with s, m, h or d: 90s, 30m, 2h, 1d)")
+    names = [m.name for m in doc.objectives()]
+    for key in searcher.stop_at:
+        if key not in names:
+            raise loc.error(("searcher", "stop_at", key), f"'{key}' is not an objective (stop_at takes objectives "
+                            f"and the value one trial must reach: {names[0]}: 0.9; choose from: {', '.join(names)})")
+
+
+def _in_distribution(p: Param, v) -> bool:
+    if p.kind == "choice":
+        return any(v == c and type(v) is type(c) or (is_number(v) and is_number(c) and v == c) for c in p.choices)
+    if not is_number(v) or (p.kind == "int" and not is_int(v)):
+        return False
+    return p.low <= v <= p.high
+
+
+def _check_points(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
+    """searcher.points: searched parameters only, each value one its distribution can propose."""
+    by_name = {p.name: p for p in params}
+    points = doc.searcher.points
+    if len(points) > doc.searcher.num_samples:
+        raise loc.error(("searcher", "points"), f"{len(points)} points, but num_samples is "
+                        f"{doc.searcher.num_samples} (the points run as the first trials)")
+    for i, point in enumerate(points):
+        for key, value in point.items():
+            p = by_name.get(str(key))
+            if p is None:
+                raise loc.error(("searcher", "points", i, key), f"'{key}' is not a searched parameter (choose from: "
+                                f"{', '.join(by_name)})")
+            if not _in_distribution(p, value):
+                raise loc.error(("searcher", "points", i, key), f"{show(value)} is not a value {key} is searched "
+                                f"over ({p.describe()})")
+
+
 def _check_sweep(loc: Located, doc: _SweepModel, params: list[Param]) -> None:
+    _check_stopping(loc, doc)
+    _check_points(loc, doc, params)
     by_name = {p.name: p for p in params}
     max_epochs = largest_epochs(doc.train.epochs, params)
     if doc.scheduler.algorithm == "asha" and doc.scheduler.grace_period > max_epochs:

@@ -14,7 +14,7 @@ from ternsearch.spec.yamlsrc import Located
 from trainables.config import DataConfig, MetricConfig, ModelConfig, Strict, TrainConfig, TrainParams
 
 __all__ = ["DIST_KINDS", "Param", "SweepSpec", "TrainFile", "largest_epochs", "SearcherConfig", "SchedulerConfig",
-           "ResourcesConfig", "StorageConfig", "TrackingConfig", "FailureConfig", "OriginConfig"]
+           "ResourcesConfig", "StorageConfig", "duration_seconds", "TrackingConfig", "FailureConfig", "OriginConfig"]
 
 DIST_KINDS = ("loguniform", "uniform", "int", "choice")
 
@@ -28,6 +28,36 @@ class SearcherConfig(Strict):
     # Default 8; a grid searcher runs each point of its grid once, and without num_samples that many trials.
     num_samples: int = Field(8, ge=1, le=1_000_000)
     max_concurrent_trials: Optional[int] = Field(None, ge=1, le=10_000)
+    # Stopping rules (checked by ternsearch.spec.load): wall time of one run of the driver (90s, 30m, 2h, 1d, or
+    # seconds), and objective values that end the sweep once one trial reaches them ({val_acc: 0.9}).
+    time_budget: Optional[Union[float, str]] = None
+    stop_at: dict[str, float] = Field(default_factory=dict)
+    # Earlier sweeps' results directories whose finished trials seed a new sweep's study, and configurations (of
+    # searched parameters) to run first, in order.
+    warm_start: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    points: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def time_budget_s(self) -> Optional[float]:
+        return duration_seconds(self.time_budget)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value: Any) -> Optional[float]:
+    """``90s``, ``30m``, ``2h``, ``1.5d`` or a number of seconds, in seconds; None for anything else."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if 0 < value < float("inf") else None
+    text = str(value).strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < float("inf") else None
 
 
 class SchedulerConfig(Strict):
