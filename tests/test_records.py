@@ -150,6 +150,18 @@ def test_torn_last_history_line_is_skipped_and_the_next_append_starts_clean(tmp_
     assert all(json.loads(line) for line in path.read_text().splitlines())
 
 
+def test_a_history_record_whose_epoch_is_not_a_number_is_named(tmp_path):
+    """Found by the fuzzing pass: a hand-edited epoch ("../x") made report's sort raise a TypeError."""
+    path = tmp_path / "history.jsonl"
+    rows = ['{"trial_id": "a", "epoch": 1}', '{"trial_id": "a", "epoch": "../x"}', '{"trial_id": "a", "epoch": 2}']
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(RecordError) as err:
+        read_history(tmp_path)
+    assert str(err.value) == (f"{path}:2: not a JSON record (epoch \"../x\" is not a whole number of epochs); fix "
+                              "or delete that line")
+    assert [r["epoch"] for r in read_history(tmp_path, strict=False)] == [1, 2]
+
+
 def test_a_corrupt_history_line_inside_is_an_error_naming_its_line(tmp_path):
     path = tmp_path / "history.jsonl"
     path.write_text('{"trial_id": "a", "epoch": 1}\n{"trial_id": "a", "epo\n[3]\n{"trial_id": "a", "epoch": 2}\n')

@@ -127,6 +127,8 @@ def read_history(results_dir: Path, *, strict: bool = True,
         try:
             row = json.loads(line.decode("utf-8"))
             problem = None if isinstance(row, dict) else f"{_kind(row)}, expected an object"
+            if problem is None and "epoch" in row and not _is_epoch(row["epoch"]):
+                problem = f"epoch {json.dumps(row['epoch'])[:40]} is not a whole number of epochs"
         except ValueError as exc:
             problem = _why_not_json(exc).replace("line 1 column", "column")
         if problem is not None:
@@ -138,6 +140,10 @@ def read_history(results_dir: Path, *, strict: bool = True,
     if bad and warn is not None:
         warn(f"warning: {path}: {len(bad)} line(s) skipped, not JSON records (first: {bad[0]})")
     return sorted(rows.values(), key=lambda r: (str(r.get("trial_id")), _epoch(r)))
+
+
+def _is_epoch(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _epoch(row: dict) -> float:
