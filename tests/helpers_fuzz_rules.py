@@ -1,8 +1,8 @@
 """The fuzzing pass's 'must refuse' rules: when is a generated sweep or train file *certainly* invalid?
 
-``spec_violation(raw_bytes)`` reads the bytes as the CLI does (UTF-8, ``yaml.safe_load``) and returns the first
-rule the file breaks, or None. The rules are conservative on purpose: each one is a documented rule of the file
-format (README "Files", ``tests/bad_specs/``, the strict models' own types, choices and bounds), checked on the
+``spec_violation(raw_bytes)`` reads the bytes as the CLI does (UTF-8, YAML 1.2 core scalars: ``spec.yaml12``) and
+returns the first rule the file breaks, or None. The rules are conservative on purpose: each one is a documented
+rule of the file format (README "Files", ``tests/bad_specs/``, the strict models' own types, choices and bounds), checked on the
 parsed data only, so a ``None`` never means "valid", only "not certainly invalid". ``ternsearch validate``,
 ``sweep --dry-run`` or ``train`` exiting 0 on a file with a violation is a finding. Nothing here imports torch.
 """
@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel
 
 from ternsearch.spec.models import TrainFile, _SweepModel
+from ternsearch.spec.yaml12 import CoreLoader
 from trainables.config import DataConfig, MetricConfig, ModelConfig, TrainParams
 from trainables.registry import known_models
 
@@ -63,13 +64,13 @@ def parse_spec_bytes(raw: bytes) -> dict:
     except UnicodeDecodeError:
         raise NotParsed("not UTF-8") from None
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(text, Loader=CoreLoader))  # YAML 1.2 core scalars, as the CLI reads them
         if len(nodes) != 1 or nodes[0] is None:
             raise NotParsed(f"{len(nodes)} YAML documents")
         dup = _unique_keys(nodes[0])
         if dup:
             raise NotParsed(dup)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=CoreLoader)  # noqa: S506 (CoreLoader is a yaml.SafeLoader)
     except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:  # TypeError: unhashable keys
         raise NotParsed(f"YAML error ({type(exc).__name__})") from None
     if not isinstance(data, dict):
