@@ -3,8 +3,9 @@
 ``spec_violation(raw_bytes)`` reads the bytes as the CLI does (UTF-8, YAML 1.2 core scalars: ``spec.yaml12``) and
 returns the first rule the file breaks, or None. The rules are conservative on purpose: each one is a documented
 rule of the file format (README "Files", ``tests/bad_specs/``, the strict models' own types, choices and bounds),
-checked on the parsed data only, so a ``None`` never means "valid", only "not certainly invalid". ``ternsearch validate``,
-``sweep --dry-run`` or ``train`` exiting 0 on a file with a violation is a finding. Nothing here imports torch.
+checked on the parsed data only, so a ``None`` never means "valid", only "not certainly invalid". ``ternsearch
+validate``, ``sweep --dry-run`` or ``train`` exiting 0 on a file with a violation is a finding. Nothing here imports
+torch.
 """
 
 from __future__ import annotations
