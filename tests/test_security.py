@@ -79,7 +79,8 @@ def test_local_ray_dashboard_on_loopback_and_unauthenticated_clients_refused(tmp
 def test_ui_of_a_server_tracked_sweep_points_at_the_server(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-secret")
     (tmp_path / "sweep.json").write_text(json.dumps({
-        "name": "s", "experiment": "exp-s", "tracking_uri": "https://bob:pw-secret@mlflow.example:8443"}))
+        "name": "s", "metric": "val_acc", "mode": "max", "experiment": "exp-s",
+        "tracking_uri": "https://bob:pw-secret@mlflow.example:8443"}))
     assert main(["ui", str(tmp_path)]) == 0
     out = capsys.readouterr().out.strip()
     assert out == f"{tmp_path}: sweep 's' tracked to https://***@mlflow.example:8443: open that server's UI " \
@@ -87,7 +88,8 @@ def test_ui_of_a_server_tracked_sweep_points_at_the_server(tmp_path, capsys, mon
 
 
 def test_ui_without_its_store_is_one_line(tmp_path, capsys):
-    (tmp_path / "sweep.json").write_text(json.dumps({"name": "s", "tracking_uri": f"sqlite:///{tmp_path}/gone.db"}))
+    (tmp_path / "sweep.json").write_text(json.dumps({"name": "s", "metric": "val_acc", "mode": "max",
+                                                        "tracking_uri": f"sqlite:///{tmp_path}/gone.db"}))
     assert main(["ui", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"{tmp_path}: its tracking store {tmp_path}/gone.db does not exist (tracking_uri in sweep.json: " \
