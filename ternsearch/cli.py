@@ -195,20 +195,20 @@ def _add_report_ui(sub) -> None:
                    help="HTML file (default: reports/NAME.html)")
     r.set_defaults(func=_cmd_report)
     u = sub.add_parser("ui", help="the MLflow UI on a sweep's tracking store (listens on 127.0.0.1)")
-    u.add_argument("results", help="a sweep's results directory")
-    u.add_argument("--host", default="127.0.0.1", type=_checked("--host", _host_problem),
-                   help="interface to listen on (default 127.0.0.1: this machine only)")
-    u.add_argument("--port", type=_whole("--port", 0, 65535, "not a port", "1 to 65535, or 0 for a free one"),
-                   default=5000, help="port to listen on (0: a free one; default 5000)")
-    u.set_defaults(func=_cmd_ui)
+    _add_server_arguments(u, 5000, _cmd_ui)
     d = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study (listens on 127.0.0.1; "
                        "pip install 'ternsearch[dashboard]')")
-    d.add_argument("results", help="a sweep's results directory")
-    d.add_argument("--host", default="127.0.0.1", type=_checked("--host", _host_problem),
+    _add_server_arguments(d, 8080, _cmd_dashboard)
+
+
+def _add_server_arguments(p: argparse.ArgumentParser, port: int, func: Callable) -> None:
+    """RESULTS, --host and --port of a command that serves a sweep's records (ui, dashboard)."""
+    p.add_argument("results", help="a sweep's results directory")
+    p.add_argument("--host", default="127.0.0.1", type=_checked("--host", _host_problem),
                    help="interface to listen on (default 127.0.0.1: this machine only)")
-    d.add_argument("--port", type=_whole("--port", 0, 65535, "not a port", "1 to 65535, or 0 for a free one"),
-                   default=8080, help="port to listen on (0: a free one; default 8080)")
-    d.set_defaults(func=_cmd_dashboard)
+    p.add_argument("--port", type=_whole("--port", 0, 65535, "not a port", "1 to 65535, or 0 for a free one"),
+                   default=port, help=f"port to listen on (0: a free one; default {port})")
+    p.set_defaults(func=func)
 
 
 def _parser() -> argparse.ArgumentParser:
