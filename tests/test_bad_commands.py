@@ -223,6 +223,23 @@ def test_address_auto_follows_ray(tmp_path, monkeypatch):
     assert auto_address() == ("10.1.2.3:6379", "$RAY_ADDRESS")
 
 
+
+def test_ray_address_in_the_environment_is_checked_like_address(sandbox):
+    """ray.init joins $RAY_ADDRESS when no --address is given: a stale one is one line in seconds (the real CLI,
+    dry run), not minutes of ray.init retrying; RAY_ADDRESS=local is Ray's word for a local instance."""
+    env = dict(sandbox["env"], RAY_ADDRESS="127.0.0.1:1")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "ternsearch.cli", "sweep", "specs/dry.yaml", "--dry-run"],
+                          cwd=sandbox["work"], env=env, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < LIMIT_S + 20  # the interpreter's start and imports
+    assert (proc.returncode, proc.stderr) == (1, "$RAY_ADDRESS=127.0.0.1:1: no Ray cluster is listening there (start "
+                                              "one with ray start --head, or unset RAY_ADDRESS for a local Ray)\n")
+    assert not (sandbox["work"] / "fresh").exists()
+    proc = subprocess.run([sys.executable, "-m", "ternsearch.cli", "sweep", "specs/dry.yaml", "--dry-run"],
+                          cwd=sandbox["work"], env=dict(env, RAY_ADDRESS="local"), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
 def test_the_pure_checks_accept_what_works():
     for uri in ("http://127.0.0.1:5000", "https://mlflow.example.com/prefix", "http://[::1]:5000", "sqlite:///m.db",
                 "sqlite:////abs/mlflow.db", "file:./mlruns", "file:///abs/mlruns", "mlruns", "databricks",

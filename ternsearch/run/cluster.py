@@ -16,7 +16,7 @@ from ternsearch.spec.uris import check_ray_address, split_host_port
 from ternsearch.tracking.net import connect_problem
 
 __all__ = ["Nodes", "BOOTSTRAP_CONFIG", "start_cluster", "autoscaler_nodes", "launcher_nodes", "total_resources",
-           "auto_address", "check_cluster"]
+           "auto_address", "env_address", "check_cluster"]
 
 Nodes = list[tuple[dict[str, float], int]]  # (resources of a node, how many such nodes)
 
@@ -82,22 +82,34 @@ def auto_address() -> tuple[Optional[str], str]:
         return None, str(recorded)
 
 
-def check_cluster(address: str, timeout: float = 5.0) -> None:
+def env_address() -> tuple[Optional[str], Optional[str]]:
+    """``(address, how to name it)`` of the cluster ``ray.init(address=None)`` joins by itself: ``$RAY_ADDRESS``
+    when set (and not ``local``, Ray's word for a new local instance), else ``(None, None)``."""
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if not env or env == "local":
+        return None, None
+    return env, f"$RAY_ADDRESS={shlex.quote(env)}"
+
+
+def check_cluster(address: str, timeout: float = 5.0, shown: Optional[str] = None) -> None:
     """A Ray cluster's head must accept a connection at ``address`` (``auto``: see ``auto_address``) within
     ``timeout`` seconds, and its GCS answer one request within 8 more: ``ray.init`` itself waits for minutes on
-    one that is not there (and for 20 s on a server that is not Ray's).
+    one that is not there (and for 20 s on a server that is not Ray's). ``shown`` names where the address came
+    from (default ``--address ADDRESS``; ``$RAY_ADDRESS=...`` for the environment's).
 
     Raises:
-        UsageError: one line naming ``--address``, why, and what to do.
+        UsageError: one line naming ``--address`` (or ``$RAY_ADDRESS``), why, and what to do.
     """
-    given, shown = address, f"--address {shlex.quote(address)}"
-    todo = "start one with ray start --head, or leave --address out for a local Ray"
+    from_env = shown is not None
+    given, shown = address, shown or f"--address {shlex.quote(address)}"
+    todo = ("start one with ray start --head, or unset RAY_ADDRESS for a local Ray" if from_env else
+            "start one with ray start --head, or leave --address out for a local Ray")
     if address == "auto":
         found, source = auto_address()
         if found is None:
-            raise UsageError(f"--address auto: no Ray cluster runs on this machine (none recorded in {source}; "
+            raise UsageError(f"{shown}: no Ray cluster runs on this machine (none recorded in {source}; "
                              f"{todo}, or give HOST:PORT of a head)")
-        shown, address = f"--address auto ({shlex.quote(found)}, from {source})", found
+        shown, address = f"{shown} ({shlex.quote(found)}, from {source})", found
     why = check_ray_address(address)
     if why:
         raise UsageError(f"{shown}: {why}")

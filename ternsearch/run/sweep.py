@@ -22,7 +22,7 @@ from ternsearch.results.files import LOST, SWEEP, TRIALS, read_history, read_jso
 from ternsearch.results.location import (check_same_spec, check_warm_start, records_dir, resolve_storage,
                                          spec_digest, spec_keys)
 from ternsearch.results.rebuild import recover_trials
-from ternsearch.run.cluster import check_cluster, start_cluster
+from ternsearch.run.cluster import check_cluster, env_address, start_cluster
 from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
                                      local_resources)
 from ternsearch.run.startup import quiet_libraries, warm_imports
@@ -114,6 +114,9 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
               quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths)."""
     quiet_libraries(verbose)
+    shown = None
+    if address is None:  # ray.init would join $RAY_ADDRESS by itself: check it and plan for it as for --address
+        address, shown = env_address()
 
     storage_path = resolve_storage(spec, storage)
     results_dir = records_dir(spec.name, storage_path)
@@ -129,7 +132,7 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
         cluster, nodes = local_resources(), None
     else:
         if address is not None:
-            check_cluster(address)  # seconds, not ray.init's minutes, for a cluster that is not there
+            check_cluster(address, shown=shown)  # seconds, not ray.init's minutes, for a cluster that is not there
         # Ray takes seconds to import: the checks above run without it, and so does a local dry run
         import ray
 
