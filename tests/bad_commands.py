@@ -153,6 +153,9 @@ ROWS = [
          "write)"),
     _row("train --resume missing", "train train.yaml --resume nothere",
          "--resume nothere: no such run directory (give the folder of the run to continue)"),
+    _row("train --resume with --output", "train train.yaml --resume adir -o elsewhere",
+         "--output elsewhere: cannot be given with --resume (a resumed run continues in its own directory, adir; "
+         "leave --output out)"),
     # 2. tracking URI and storage overrides
     _row("tracking port 99999", f"{DRY} --tracking-uri http://localhost:99999",
          f"--tracking-uri http://localhost:99999: is not a valid http URL: Port out of range 0-65535 {HTTP_ALLOWED}"),

@@ -41,6 +41,9 @@ def _output_dir(tf: TrainFile, source: Path, output: Optional[str], resume: Opti
     """The run directory (``--resume DIR``/``--output``, else the file's ``output:``), absolute against the current
     directory: what the run records (final_metrics.json, MLflow tags) points there from anywhere. Refused in one
     line, before anything is written, where it cannot be made or written (a file, a parent that is a file...)."""
+    if resume and output:
+        raise PreflightError(f"--output {output}: cannot be given with --resume (a resumed run continues in its "
+                             f"own directory, {resume}; leave --output out)")
     out = Path(resume or output or tf.output.format(name=tf.name)).expanduser().resolve()
     if resume and not out.exists():
         raise PreflightError(f"--resume {resume}: no such run directory (give the folder of the run to continue)")
