@@ -9,49 +9,24 @@ empty TMPDIR/RAY_TMPDIR of the commands, ``{busy}`` a port a listening socket ho
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers_report import MIXED, write_hand_results
-from ternsearch.results.location import spec_digest
-from ternsearch.spec import load_spec
+from helpers_report import HAND_SPEC, write_hand_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "rec"
-SPEC = """\
-name: {name}
-metric: {{name: val_acc, mode: max}}
-data: {{subset: 600, val_fraction: 0.2}}
-model: {{arch: tinynet}}
-train: {{epochs: 3, batch_size: 64, optimizer: adam}}
-search:
-  lr: {{loguniform: [1.0e-3, 1.0e-1]}}
-  augment: {{choice: [standard, mixup]}}
-  mixup_alpha: {{uniform: [0.1, 0.5], when: {{augment: [mixup]}}}}
-searcher: {{algorithm: random, num_samples: 5, seed: 0}}
-storage: {{path: {storage}}}
-"""
 
 
 def make_workdir(work: Path) -> None:
-    """A working directory with a finished sweep's results (hand-made, as tests/test_outputs.py's: sweep.json,
+    """A working directory with a finished sweep's results (hand-made by helpers_report.write_hand_sweep: sweep.json,
     trials.json, history.jsonl, spec.yaml and a stand-in MLflow store, no Ray), the spec that made it, a fresh
     spec for ``sweep --dry-run`` (its storage not created), a train config, a folder, a file and a folder that
     holds no sweep."""
-    specs = work / "specs"
-    specs.mkdir(parents=True)
-    spec = specs / f"{NAME}.yaml"
-    spec.write_text(SPEC.format(name=NAME, storage=work / "results"))
-    (specs / "dry.yaml").write_text(SPEC.format(name="dry", storage=work / "fresh"))
-    results = write_hand_results(work / "results" / NAME, MIXED)
-    meta = json.loads((results / "sweep.json").read_text())
-    meta.update(name=NAME, spec_file=str(spec.resolve()), spec_sha256=spec_digest(spec),
-                base=load_spec(spec).base_config().model_dump(mode="json"),
-                tracking_uri=f"sqlite:///{results / 'mlflow.db'}", experiment=NAME)
-    (results / "sweep.json").write_text(json.dumps(meta, indent=1))
-    (results / "spec.yaml").write_bytes(spec.read_bytes())
+    results = work / "results" / NAME
+    write_hand_sweep(work, NAME, tracking_uri=f"sqlite:///{results / 'mlflow.db'}", experiment=NAME)
+    (work / "specs" / "dry.yaml").write_text(HAND_SPEC.format(name="dry", storage=work / "fresh"))
     (results / "mlflow.db").write_bytes(b"SQLite format 3\x00 stand-in")
     shutil.copy(REPO / "configs" / "cifar10-small-cpu.yaml", work / "train.yaml")
     (work / "adir").mkdir()

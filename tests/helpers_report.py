@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from ternsearch.report.data import Results
-from ternsearch.spec import Param
+from ternsearch.results.location import spec_digest
+from ternsearch.spec import Param, load_spec
 
 SPEC = """\
 name: {name}
@@ -117,3 +118,35 @@ def write_hand_results(path: Path, specs: list, params=PARAMS) -> Path:
     (path / "trials.json").write_text(json.dumps(res.trials))
     (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res.history))
     return path
+
+
+# The spec of the hand-made sweep ``write_hand_sweep`` writes (tests/test_outputs.py, tests/bad_commands.py).
+HAND_SPEC = """\
+name: {name}
+metric: {{name: val_acc, mode: max}}
+data: {{subset: 600, val_fraction: 0.2}}
+model: {{arch: tinynet}}
+train: {{epochs: 3, batch_size: 64, optimizer: adam}}
+search:
+  lr: {{loguniform: [1.0e-3, 1.0e-1]}}
+  augment: {{choice: [standard, mixup]}}
+  mixup_alpha: {{uniform: [0.1, 0.5], when: {{augment: [mixup]}}}}
+searcher: {{algorithm: random, num_samples: 5, seed: 0}}
+storage: {{path: {storage}}}
+"""
+
+
+def write_hand_sweep(work: Path, name: str, **meta) -> tuple[Path, Path]:
+    """``(spec file, results dir)`` of a finished sweep made by hand under ``work`` (no Ray): ``specs/NAME.yaml``
+    and ``results/NAME`` with the hand-made trials MIXED, a sweep.json that names the spec (digest, base config)
+    plus ``meta``, and the spec's copy."""
+    spec = work / "specs" / f"{name}.yaml"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(HAND_SPEC.format(name=name, storage=work / "results"))
+    results = write_hand_results(work / "results" / name, MIXED)
+    record = json.loads((results / "sweep.json").read_text())
+    record.update(name=name, spec_file=str(spec.resolve()), spec_sha256=spec_digest(spec),
+                  base=load_spec(spec).base_config().model_dump(mode="json"), **meta)
+    (results / "sweep.json").write_text(json.dumps(record, indent=1))
+    (results / "spec.yaml").write_bytes(spec.read_bytes())
+    return spec, results

@@ -7,34 +7,18 @@ The results directory is hand-made (tests/helpers_report.py) with the files a fi
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from helpers_report import MIXED, cli, write_hand_results
+from helpers_report import cli, write_hand_sweep
 from ternsearch.cli import main
 from ternsearch.results.outputs import REGENERABLE, check_output
-from ternsearch.results.location import spec_digest
 from ternsearch.results.files import SWEEP
-from ternsearch.spec import load_spec
 
 NAME = "rec"
-SPEC = """\
-name: {name}
-metric: {{name: val_acc, mode: max}}
-data: {{subset: 600, val_fraction: 0.2}}
-model: {{arch: tinynet}}
-train: {{epochs: 3, batch_size: 64, optimizer: adam}}
-search:
-  lr: {{loguniform: [1.0e-3, 1.0e-1]}}
-  augment: {{choice: [standard, mixup]}}
-  mixup_alpha: {{uniform: [0.1, 0.5], when: {{augment: [mixup]}}}}
-searcher: {{algorithm: random, num_samples: 5, seed: 0}}
-storage: {{path: {storage}}}
-"""
 # What else a finished sweep leaves in its results directory (contents stand-ins: nothing here reads them).
 RECORDS = {
     "tune/experiment_state-2025-01-01_00-00-00.json": b'{"trials": []}',
@@ -49,15 +33,7 @@ RECORDS = {
 @pytest.fixture
 def sweep(tmp_path, monkeypatch) -> tuple[Path, Path, Path]:
     """(working dir, spec file, results dir), the working dir the current directory."""
-    spec = tmp_path / "specs" / f"{NAME}.yaml"
-    spec.parent.mkdir()
-    spec.write_text(SPEC.format(name=NAME, storage=tmp_path / "results"))
-    results = write_hand_results(tmp_path / "results" / NAME, MIXED)
-    meta = json.loads((results / SWEEP).read_text())
-    meta.update(name=NAME, spec_file=str(spec.resolve()), spec_sha256=spec_digest(spec),
-                base=load_spec(spec).base_config().model_dump(mode="json"))
-    (results / SWEEP).write_text(json.dumps(meta, indent=1))
-    (results / "spec.yaml").write_bytes(spec.read_bytes())
+    spec, results = write_hand_sweep(tmp_path, NAME)
     for rel, data in RECORDS.items():
         (results / rel).parent.mkdir(parents=True, exist_ok=True)
         (results / rel).write_bytes(data)
