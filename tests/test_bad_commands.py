@@ -3,14 +3,13 @@ with exactly the row's one line on stderr, no traceback, within 15 s, and leave 
 (the results directory included) as it was.
 
 Importing torch and pandas costs each CLI process seconds, so the table runs in one batch process (``cli.main`` per
-row, stderr captured at the file-descriptor level, as tests/test_spec.py's corpus does; ``os.execve`` disabled, so
+row, through tests/helpers_batch.py as tests/test_spec.py's corpus is; ``os.execve`` disabled, so
 a ui row that got past its checks fails instead of becoming an MLflow server), plus a few rows as separate
 ``python -m ternsearch.cli`` processes for the real exit code and time. Nothing here starts Ray or a server: the
 port-in-use row is a socket this module holds."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -18,66 +17,15 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from bad_commands import ROWS, Row, make_workdir
+from helpers_batch import finish_batch, quiet_env, start_batch
 from ternsearch.errors import UsageError
 from ternsearch.spec.uris import check_ray_address, check_storage_path, check_tracking_uri
 
-REPO = Path(__file__).resolve().parents[1]
 LIMIT_S = 15.0
-
-# One row after another in one process: stdout and stderr captured at the descriptor level (libraries' warnings and
-# logging count too), the time each row took, and which paths under the watched folders changed (bytes compared).
-_RUNNER = r"""
-import hashlib, json, os, sys, tempfile, time, traceback
-from pathlib import Path
-
-def _no_exec(*args):
-    raise RuntimeError(f"the command would exec {args[0]}: a row got past its checks")
-os.execve = os.execv = _no_exec
-
-from ternsearch.cli import main
-
-def tree(roots):
-    out = {}
-    for root in roots:
-        for p in sorted(Path(root).rglob("*")):
-            out[str(p)] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-roots, out = json.loads(sys.argv[2]), []
-for argv in json.loads(sys.argv[1]):
-    before = tree(roots)
-    sys.stdout.flush(); sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as std:
-        os.dup2(std.fileno(), 1); os.dup2(err.fileno(), 2)
-        start = time.monotonic()
-        try:
-            try:
-                code = main(argv)
-            except SystemExit as exc:
-                code = exc.code
-            except BaseException:
-                traceback.print_exc()
-                code = "raised"
-            sys.stdout.flush(); sys.stderr.flush()
-        finally:
-            seconds = time.monotonic() - start
-            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
-            os.close(saved[0]); os.close(saved[1])
-        err.seek(0); std.seek(0)
-        after = tree(roots)
-        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-        out.append({"argv": argv, "code": code, "stderr": err.read().decode(errors="replace"),
-                    "stdout": std.read().decode(errors="replace"), "seconds": seconds, "changed": changed})
-ray = sys.modules.get("ray")
-print(json.dumps({"results": out, "ray_initialized": bool(ray and ray.is_initialized())}))
-"""
-
 
 @pytest.fixture(scope="module")
 def busy_port():
@@ -97,9 +45,7 @@ def sandbox(tmp_path_factory, data_root, busy_port) -> dict:
     make_workdir(work)
     home.mkdir()
     tmp.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-    env.update(TERNSEARCH_DATA=str(data_root), HOME=str(home), TMPDIR=str(tmp), RAY_TMPDIR=str(tmp),
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    env = quiet_env(data_root, home, tmp)
     fill = {"results": "results/rec", "work": str(work), "tmp": str(tmp), "busy": str(busy_port)}
     return {"work": work, "tmp": tmp, "env": env, "fill": fill}
 
@@ -122,10 +68,7 @@ def _check_line(row: Row, stderr: str, fill: dict) -> None:
 @pytest.fixture(scope="module")
 def batch(sandbox) -> dict:
     argvs = [_argv(row, sandbox["fill"]) for row in ROWS]
-    proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(argvs), json.dumps([str(sandbox["work"])])],
-                          cwd=sandbox["work"], env=sandbox["env"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"the batch crashed:\n{proc.stderr[-4000:]}"
-    out = json.loads(proc.stdout.splitlines()[-1])
+    out = finish_batch(start_batch(argvs, cwd=sandbox["work"], env=sandbox["env"], watch=(sandbox["work"],)))
     out["by_name"] = {row.name: r for row, r in zip(ROWS, out["results"])}
     return out
 

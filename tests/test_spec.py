@@ -10,8 +10,6 @@ the sweep checks. Importing torch costs each CLI process ~3 s, so the corpus run
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers_batch import finish_batch, quiet_env, start_batch
 from ternsearch.spec import load_spec, load_train_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,40 +52,6 @@ CASES = _cases()
 RUNS = [(c, cmd) for c in CASES for cmd in (("sweep",) if c.sweep_only else ("validate", "sweep"))]
 ARGV = {"validate": ["validate"], "sweep": ["sweep", "--dry-run"]}
 
-# Runs `ternsearch` once per case in one process; stdout and stderr are captured at the descriptor level, so
-# anything written by libraries (warnings, logging) counts too. Ends by telling whether Ray or MLflow is running.
-_RUNNER = r"""
-import json, os, sys, tempfile, traceback
-from ternsearch.cli import main
-
-out = []
-for argv in json.loads(sys.argv[1]):
-    sys.stdout.flush(); sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as std:
-        os.dup2(std.fileno(), 1); os.dup2(err.fileno(), 2)
-        try:
-            try:
-                code = main(argv)
-            except SystemExit as exc:
-                code = exc.code
-            except BaseException:
-                traceback.print_exc()
-                code = "raised"
-            sys.stdout.flush(); sys.stderr.flush()
-        finally:
-            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
-            os.close(saved[0]); os.close(saved[1])
-        err.seek(0)
-        out.append({"argv": argv, "code": code, "stderr": err.read().decode(errors="replace")})
-ray = sys.modules.get("ray")
-mlflow = sys.modules.get("mlflow")
-state = {"ray_initialized": bool(ray and ray.is_initialized()),
-         "mlflow_active_run": bool(mlflow and mlflow.active_run())}
-print(json.dumps({"results": out, **state}))
-"""
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory, data_root) -> dict:
     """A working directory holding a copy of the corpus (paths in messages stay ``tests/bad_specs/...``), and an
@@ -96,9 +61,7 @@ def sandbox(tmp_path_factory, data_root) -> dict:
     shutil.copytree(BAD, work / "tests" / "bad_specs")
     home.mkdir()
     tmp.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-    env.update(TERNSEARCH_DATA=str(data_root), HOME=str(home), TMPDIR=str(tmp), RAY_TMPDIR=str(tmp),
-               CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    env = quiet_env(data_root, home, tmp)
     return {"work": work, "home": home, "tmp": tmp, "env": env, "base": base}
 
 
@@ -108,13 +71,10 @@ def batch(sandbox) -> dict:
     procs = {}
     for cmd in ("validate", "sweep"):
         argvs = [ARGV[cmd] + [c.path] for c, m in RUNS if m == cmd]
-        procs[cmd] = subprocess.Popen([sys.executable, "-c", _RUNNER, json.dumps(argvs)], cwd=sandbox["work"],
-                                      env=sandbox["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs[cmd] = start_batch(argvs, cwd=sandbox["work"], env=sandbox["env"])
     out = {}
     for cmd, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"the {cmd} batch crashed:\n{stderr}"
-        out[cmd] = json.loads(stdout.splitlines()[-1])
+        out[cmd] = finish_batch(proc, timeout=300)
         out[cmd]["by_path"] = {r["argv"][-1]: r for r in out[cmd]["results"]}
     return out
 
