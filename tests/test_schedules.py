@@ -89,3 +89,19 @@ def test_schedule_resumes_exactly(name):
     resumed.load_state_dict(sched_state)
     tail = _lrs(resumed_opt, resumed, 5 * STEPS, values[3:])
     assert head + tail == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_step_milestones_drop_after_those_epochs():
+    """step_milestones: the lr is multiplied by step_gamma after epochs 2 and 4 counted from the run's start,
+    warm-up included (the ResNet/TTQ recipe's 82/123 scaled down); a bad list is refused."""
+    for warmup in (0, 1):
+        params = TrainParams(epochs=6, lr=0.1, schedule="step", step_milestones=(2, 4), step_gamma=0.1,
+                             warmup_epochs=warmup)
+        opt = _opt()
+        lrs = _lrs(opt, optim.build_schedule(opt, params, STEPS), 6 * STEPS)
+        by_epoch = [lrs[e * STEPS + STEPS - 1] for e in range(6)]  # each epoch's last step (warming up in the first)
+        assert by_epoch[1:] == pytest.approx([0.1, 0.01, 0.01, 0.001, 0.001], rel=1e-9), warmup
+        assert by_epoch[0] == pytest.approx(0.1) if not warmup else by_epoch[0] < 0.1
+    for bad in ((), (3, 2), (0, 2), (2, 2)):
+        with pytest.raises(ValueError, match="step_milestones"):
+            TrainParams(epochs=6, schedule="step", step_milestones=bad)

@@ -150,6 +150,9 @@ class TrainParams(_Strict):
     warmup_epochs: int = Field(0, ge=0)
     step_every: Optional[int] = Field(None, ge=1)
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    # step: the epochs after which the lr is multiplied by step_gamma (torch's MultiStepLR; e.g. [82, 123] for the
+    # ResNet/TTQ CIFAR recipe); without them, every step_every epochs
+    step_milestones: Optional[tuple[int, ...]] = None
     restart_epochs: int = Field(2, ge=1)  # cosine_restarts: the first cycle's length (T_0), in epochs
     restart_mult: int = Field(1, ge=1, le=10)  # cosine_restarts: each cycle this many times the last (T_mult)
     cycle_epochs: int = Field(2, ge=1)  # cyclic (triangular2): epochs of one up-and-down cycle
@@ -183,6 +186,13 @@ class TrainParams(_Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     threads: Optional[int] = Field(None, ge=1, le=1024)
     eval_batch_size: int = Field(512, ge=1)
+
+    @field_validator("step_milestones")
+    @classmethod
+    def _increasing(cls, value: Optional[tuple[int, ...]]) -> Optional[tuple[int, ...]]:
+        if value is not None and (not value or any(m < 1 for m in value) or list(value) != sorted(set(value))):
+            raise ValueError(f"step_milestones {list(value)} must be epochs >= 1 in increasing order, at least one")
+        return value
 
     @model_validator(mode="after")
     def _check_epochs(self) -> "TrainParams":

@@ -85,6 +85,9 @@ def build_schedule(
     main_steps = max(total - warm, 1)
     if params.schedule == "cosine":
         main = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
+    elif params.schedule == "step" and params.step_milestones:  # epochs counted from the run's start
+        main = sched.MultiStepLR(optimizer, milestones=[max(m * steps_per_epoch - warm, 1)
+                                                        for m in params.step_milestones], gamma=params.step_gamma)
     elif params.schedule == "step":
         every = params.step_every or max(params.epochs // 3, 1)
         main = sched.StepLR(optimizer, step_size=every * steps_per_epoch, gamma=params.step_gamma)

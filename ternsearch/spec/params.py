@@ -48,7 +48,7 @@ def ordered(params: Sequence[Param]) -> list[Param]:
 # Keys no search can take: a list (a choice value is one number, word or true/false) and weight sources (paths
 # a trial could not resolve against the directory the sweep started in).
 _NOT_SEARCHABLE = {"model.full_precision_layers": "a list of layers", "model.init_from": "a weight source",
-                   "distill_from": "a weight source"}
+                   "distill_from": "a weight source", "step_milestones": "a list of epochs"}
 
 
 def _searchable() -> dict[str, Any]:
