@@ -101,3 +101,21 @@ def test_importing_mlflow_pytorch_leaves_our_warnings_audible(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["WARNING", "0"]
     assert "MLflow tracking (x): store unreachable" in proc.stderr
+
+
+QUIET = """\
+import warnings
+from ternsearch.run.startup import quiet_libraries
+quiet_libraries(verbose=False)
+warnings.warn("Define-by-run function passed in the `space` argument took 1.54 seconds to run. Ensure that actual "
+              "computation, training takes place inside Tune's train functions", UserWarning)
+warnings.warn("a warning of our own", UserWarning)
+"""
+
+
+def test_a_quiet_sweep_hides_tunes_slow_space_warning(tmp_path):
+    """Tune's OptunaSearch warns when the define-by-run space took over a second (Optuna's own sampling, or a busy
+    machine): not the user's to fix, so a normal sweep hides it; other warnings still show."""
+    proc = subprocess.run([sys.executable, "-c", QUIET], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Define-by-run" not in proc.stderr and "a warning of our own" in proc.stderr

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 
 from trainables.mlflow_compat import import_mlflow_pytorch
 
@@ -71,6 +72,9 @@ def quiet_libraries(verbose: bool) -> None:
     optuna = sys.modules.get("optuna")
     if optuna is not None:
         optuna.logging.set_verbosity(logging.WARNING)
+    # Tune's OptunaSearch warns when the define-by-run space took over a second: ours only draws values, and what
+    # it times is Optuna's own sampling (TPE's grows with the study) or a busy machine, nothing the user can fix.
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
     if "mlflow" in sys.modules:  # its model registry prints "Successfully registered model" to stderr itself
         from mlflow.utils.logging_utils import disable_logging
 
