@@ -1,7 +1,10 @@
-"""What tests/test_tracking.py and tests/test_tracking_store.py share: a SQLite store per test module, a tracker
-on it, and Tune's trials and results as the tracker's callbacks get them."""
+"""What tests/test_tracking.py, tests/test_tracking_store.py and tests/test_mlflow_view.py share: a SQLite store
+per test module, a tracker on it, Tune's trials and results as the tracker's callbacks get them, and a
+``ternsearch train`` run directory with real checkpoints."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from ray.tune.experiment import Trial
@@ -57,3 +60,23 @@ def result_at(epoch: int, **extra) -> dict:
 
 def make_trial(trial_id: str, **config) -> Trial:
     return Trial("toy", config=config, trial_id=trial_id, stub=True)
+
+
+def retrain_dir(tmp_path, epochs=(1, 2)) -> tuple:
+    """A `ternsearch train` run directory holding real checkpoints of (different) tinynet models, one an epoch."""
+    import torch
+
+    from trainables.checkpoint import save_checkpoint
+    from trainables.config import TrainConfig
+    from trainables.models import build_model
+
+    cfg = TrainConfig.model_validate({"data": {"val_fraction": 0.0}, "model": {"arch": "tinynet"}})
+    out, models = tmp_path / "run", {}
+    for epoch in epochs:
+        torch.manual_seed(epoch)
+        models[epoch] = build_model(cfg.model).eval()
+        save_checkpoint(out / "checkpoints" / f"epoch_{epoch:04d}", {"model": models[epoch].state_dict()},
+                        {"config": cfg.model_dump(mode="json"), "epoch": epoch, "metrics": {}})
+    (out / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": 0.1 * e, "eval_on": "train"})
+                                               + "\n" for e in epochs))
+    return out, models

@@ -87,10 +87,11 @@ def test_report_renders_every_plot_offline(sweep, browser):
     assert page.get_by_text(re.compile(r"Failed: t\d{3} \(diverged at epoch 1\)")).count() == 1
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mlflow_ui(sweep):
-    """``ternsearch ui`` on the sweep's results: ``mlflow server`` on its own SQLite store. Every port its
-    process tree listens on is on 127.0.0.1. Always stopped (its whole process tree) at teardown."""
+    """``ternsearch ui`` on the sweep's results: ``mlflow server`` on its own SQLite store, shared by the tests of
+    this module (its log: ``mlflow-ui.log`` beside the results). Every port its process tree listens on is on
+    127.0.0.1. Always stopped (its whole process tree) at teardown."""
     _, _, results = sweep
     port = free_ports(1)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -160,3 +161,67 @@ def test_mlflow_ui_lists_the_sweep_and_its_trials(sweep, mlflow_ui, browser):
     page.get_by_text(client.get_run(best_run).info.run_name).first.wait_for(timeout=60_000)
     page.get_by_text(best_run).first.wait_for(timeout=30_000)
     page.screenshot(path=ARTIFACTS / "mlflow-best-run.png")
+
+
+def _sweep_runs(results: Path):
+    """(client, experiment, parent run, child runs) of the shared sweep, from its SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(NAME)
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return client, exp, parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def test_the_sweep_experiment_opens_on_its_training_runs(sweep, mlflow_ui, browser):
+    """The address ``ternsearch ui`` prints for the sweep's runs opens the runs table (MLflow 3.17 opens an
+    experiment on its GenAI overview, traces and token usage, unless asked for its model-training face)."""
+    _, _, results = sweep
+    _, exp, parent, _ = _sweep_runs(results)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    [line] = [ln for ln in (results.parent / "mlflow-ui.log").read_text().splitlines() if ln.startswith("its runs: ")]
+    port = mlflow_ui.rsplit(":", 1)[1]
+    assert line == (f"its runs: http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}"
+                    "?workflowType=machine_learning")
+    problems: list = []
+    page = _page(browser, problems)
+    page.goto(line.removeprefix("its runs: "))
+    try:
+        page.get_by_text(parent.info.run_name, exact=True).first.wait_for(timeout=120_000)
+        page.get_by_text("matching runs").first.wait_for(timeout=30_000)
+    finally:
+        page.screenshot(path=ARTIFACTS / "mlflow-experiment.png")
+    assert page.get_by_role("heading", name="Runs").count() == 1
+    for genai in ("Overview", "Tool calls", "Detect Issues", "Judges"):  # the GenAI face's heading, tabs, nav
+        assert page.get_by_text(genai, exact=True).count() == 0, genai
+
+
+def test_two_trials_open_in_mlflows_compare_view(sweep, mlflow_ui, browser):
+    """In the runs table, select two trials' runs and Compare: the compare page shows both and their metric.
+    Screenshot: test-artifacts/mlflow-compare.png."""
+    _, _, results = sweep
+    _, exp, parent, children = _sweep_runs(results)
+    two = sorted(children, key=lambda r: r.info.run_name)[:2]
+    problems: list = []
+    page = _page(browser, problems)
+    page.goto(f"{mlflow_ui}/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+    try:
+        page.get_by_text(parent.info.run_name, exact=True).first.wait_for(timeout=120_000)
+        page.get_by_role("gridcell").filter(has_text=parent.info.run_name).locator("button").first.click()
+        for run in two:
+            row = page.get_by_role("row").filter(has_text=run.info.run_name)
+            row.first.wait_for(timeout=30_000)
+            row.first.get_by_role("checkbox").first.check()
+        page.get_by_role("button", name="Compare").first.click()
+        page.get_by_text("Comparing 2 Runs").wait_for(timeout=60_000)
+        for run in two:
+            page.get_by_text(run.info.run_name, exact=True).first.wait_for(timeout=30_000)
+    finally:
+        page.screenshot(path=ARTIFACTS / "mlflow-compare.png", full_page=True)
+    assert all(run.info.run_id in page.url for run in two)
+    # The Metrics table shows its first rows only (alphabetical): best_metric, each trial's best val_acc, is one.
+    page.get_by_text("best_metric", exact=True).first.wait_for(timeout=30_000)
+    shown = page.inner_text("body")
+    for run in two:
+        assert f"{round(run.data.metrics['best_metric'], 3):g}" in shown, run.data.metrics

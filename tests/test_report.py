@@ -223,7 +223,8 @@ def test_importance_layers_and_links_of_a_real_sweep(sweep):
     links = mlflow_links(res)
     assert links.error is None and set(links.runs) == set(res.trials)
     url = links.url(links.runs[summary["best_trial"]])
-    assert url == f"http://127.0.0.1:5000/#/experiments/{links.experiment_id}/runs/{links.runs[summary['best_trial']]}"
+    assert url == (f"http://127.0.0.1:5000/#/experiments/{links.experiment_id}/runs/"
+                   f"{links.runs[summary['best_trial']]}?workflowType=machine_learning")
     assert links.command.startswith("mlflow ui --backend-store-uri sqlite:///") and "--host 127.0.0.1" in links.command
 
 

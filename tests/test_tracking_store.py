@@ -14,7 +14,8 @@ from ternsearch.errors import TrackingError
 from ternsearch.tracking.tracker import MLflowTracker, default_tracking_uri, describe_unwritten, log_single_run
 from helpers_tracking import store  # noqa: F401 - a fixture
 from helpers_tracking import children_of as _children, client_of as _client, make_trial as _trial
-from helpers_tracking import make_tracker as _tracker, result_at as _result, steps_of as _steps
+from helpers_tracking import make_tracker as _tracker, result_at as _result, retrain_dir as _retrain_dir
+from helpers_tracking import steps_of as _steps
 
 
 def test_log_single_run(tmp_path, store):
@@ -48,26 +49,6 @@ def test_log_single_run(tmp_path, store):
     assert [a.path for a in client.list_artifacts(run_id, "config")] == ["config/best.yaml"]
     assert "ternsearch.model_uri" not in run.data.tags  # no checkpoint in the run directory: no model to log
     assert run.data.tags["ternsearch.eval_on"] == "val"
-
-
-def _retrain_dir(tmp_path, epochs=(1, 2)) -> tuple:
-    """A `ternsearch train` run directory holding real checkpoints of (different) tinynet models, one an epoch."""
-    import torch
-
-    from trainables.checkpoint import save_checkpoint
-    from trainables.config import TrainConfig
-    from trainables.models import build_model
-
-    cfg = TrainConfig.model_validate({"data": {"val_fraction": 0.0}, "model": {"arch": "tinynet"}})
-    out, models = tmp_path / "run", {}
-    for epoch in epochs:
-        torch.manual_seed(epoch)
-        models[epoch] = build_model(cfg.model).eval()
-        save_checkpoint(out / "checkpoints" / f"epoch_{epoch:04d}", {"model": models[epoch].state_dict()},
-                        {"config": cfg.model_dump(mode="json"), "epoch": epoch, "metrics": {}})
-    (out / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": 0.1 * e, "eval_on": "train"})
-                                               + "\n" for e in epochs))
-    return out, models
 
 
 def test_log_single_run_registers_the_evaluated_model(tmp_path, store, monkeypatch):

@@ -1,7 +1,7 @@
-"""MLflow: the store helpers (``store``), the sweep driver's tracker and its write queue (``tracker``,
-``writequeue``), models logged and registered (``model``), ``ternsearch train`` runs (``train_runs``), the trials'
-runs for the report's links (``links``), ``ternsearch ui`` (``ui``) and bounded socket checks (``net``: can the UI
-listen, does a cluster's head answer)."""
+"""MLflow: the store helpers (``store``), our experiments and their UI addresses (``experiments``), the sweep
+driver's tracker and its write queue (``tracker``, ``writequeue``), models logged and registered (``model``),
+``ternsearch train`` runs (``train_runs``), the trials' runs for the report's links (``links``), ``ternsearch ui``
+(``ui``) and bounded socket checks (``net``: can the UI listen, does a cluster's head answer)."""
 
 
 def __getattr__(name: str):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ternsearch.tracking.experiments import ui_path
 from ternsearch.tracking.store import (TAG, brief_http, check_reachable, one_line, quoted, redact, search_all,
                                        sqlite_path, sqlite_uri)
 
@@ -30,7 +31,7 @@ class RunLinks:
     def url(self, run_id: Optional[str]) -> Optional[str]:
         if not (self.base and self.experiment_id and run_id):
             return None
-        return f"{self.base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{self.base.rstrip('/')}/{ui_path(self.experiment_id, run_id)}"
 
 
 def _store(results) -> tuple[Optional[str], Optional[str], Optional[str]]:

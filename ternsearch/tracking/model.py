@@ -4,7 +4,8 @@
 
 A model is logged as an MLflow 3 ``LoggedModel`` created in the run's own experiment (``mlflow.pytorch.log_model``
 without an active run would put it in the default experiment and ./mlruns of the current directory), pickled with
-its class (``serialization_format="pickle"``: the ternary layers are our own modules), and registered as a new
+its class (``serialization_format="pickle"``: the ternary layers are our own modules), with a signature and an
+input example (``model_example``: what ``mlflow.pyfunc.load_model(uri).predict`` takes), and registered as a new
 version of a registered model. torch and MLflow are imported only when a model is logged.
 """
 
@@ -20,7 +21,7 @@ from trainables.mlflow_compat import import_mlflow_pytorch
 from ternsearch.tracking.store import (TAG, as_metrics, as_tags, is_metric_value, log_batch, mlflow_console_off,
                                        pip_requirements, using_tracking_uri)
 
-__all__ = ["RegisteredModel", "log_best_model", "log_registered_model", "log_retrained_model"]
+__all__ = ["RegisteredModel", "log_best_model", "log_registered_model", "log_retrained_model", "model_example"]
 
 MODEL_INPUT = "float32 NCHW 3x32x32, normalized like trainables.augment.normalize"
 
@@ -36,21 +37,39 @@ class RegisteredModel:
     model_id: str
 
 
+def model_example(model) -> tuple:
+    """``(input example, signature)`` of a logged model: a batch of 2 normalized images (float32 NCHW
+    3x32x32, seeded noise: MODEL_INPUT), and the signature MLflow infers from it and the model's logits for it
+    (any batch size: the batch dimension is -1)."""
+    # numpy and torch (mlflow comes with them): only when a model is logged, not when the tracker or train_runs
+    # import this module
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    example = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    training = model.training
+    model.eval()  # logits as the logged model gives them (batch norm on its running statistics)
+    try:
+        with torch.no_grad():
+            device = next(model.parameters(), torch.empty(0)).device
+            logits = model(torch.from_numpy(example).to(device)).float().cpu().numpy()
+    finally:
+        model.train(training)
+    return example, infer_signature(example, logits)
+
+
 def log_registered_model(client, uri: str, experiment_id: str, run_id: str, model, *, registered_name: str,
                          tags: dict[str, str], metadata: dict[str, Any], quiet: bool = False) -> RegisteredModel:
     """Log the torch ``model`` on run ``run_id`` (a ``LoggedModel`` named "model" in ``experiment_id``, tagged
     ``tags``) and register it as a new version of ``registered_name``; ``quiet``: without MLflow's own console
     lines (see ``mlflow_console_off``)."""
-    # numpy (torch and mlflow come with mlflow.pytorch): only when a model is logged, not when the tracker or
-    # train_runs import this module
-    import numpy as np
-
     mlflow_pytorch = import_mlflow_pytorch()
-    example = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    example, signature = model_example(model)
     logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, tags=tags)
     with using_tracking_uri(uri), mlflow_console_off(quiet):
         info = mlflow_pytorch.log_model(
-            model, name="model", input_example=example, serialization_format="pickle",
+            model, name="model", input_example=example, signature=signature, serialization_format="pickle",
             pip_requirements=pip_requirements(), registered_model_name=registered_name, run_id=run_id,
             model_id=logged.model_id, metadata={**metadata, "input": MODEL_INPUT},
         )
@@ -103,13 +122,15 @@ def retrain_checkpoint(final: dict, output: Path) -> Optional[Path]:
     return latest_checkpoint(output)
 
 
-def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, final: dict,
-                        output: Path, quiet: bool = False) -> Optional[RegisteredModel]:
+def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, final: dict, output: Path,
+                        quiet: bool = False, *, origin_tags: Optional[dict[str, str]] = None,
+                        description: str = "") -> Optional[RegisteredModel]:
     """The model of a finished ``ternsearch train`` run: registered as a new version of its sweep's registered
-    model (``origin.sweep``; the run's ``name`` without one), the test metrics as tags of that version, and the
-    model packed at 2 bits a weight as the run's artifact ``packed/<name>.tern``. None (nothing logged) when the
-    run directory has no checkpoint. The caller logs the test metrics with ``model_id`` so that they are the
-    logged model's (and so the version's) metrics too."""
+    model (``origin.sweep``; the run's ``name`` without one), the test metrics and ``origin_tags`` (the links to
+    the sweep) as tags of that version, ``description`` as its description, and the model packed at 2 bits a
+    weight as the run's artifact ``packed/<name>.tern``. None (nothing logged) when the run directory has no
+    checkpoint. The caller logs the test metrics with ``model_id`` so that they are the logged model's (and so
+    the version's) metrics too."""
     ckpt = retrain_checkpoint(final, output)
     if ckpt is None:
         return None
@@ -127,9 +148,14 @@ def log_retrained_model(client, uri: str, experiment_id: str, run_id: str, tf, f
     if registered.version:
         version_tags = {k: final[k] for k in ("test_acc", "test_loss") if final.get(k) is not None}
         version_tags.update({"ternsearch.run_id": run_id, "ternsearch.role": "retrain",
-                             "ternsearch.checkpoint": ckpt.name})
+                             "ternsearch.checkpoint": ckpt.name, "ternsearch.origin.sweep": origin.sweep,
+                             "ternsearch.origin.trial_id": origin.trial_id,
+                             TAG["sweep_parent"]: origin.parent_run_id, **(origin_tags or {})})
         for key, value in version_tags.items():
-            client.set_model_version_tag(registered.name, registered.version, key, str(value))
+            if value is not None:
+                client.set_model_version_tag(registered.name, registered.version, key, str(value))
+        if description:
+            client.update_model_version(registered.name, registered.version, description=description)
     client.set_tag(run_id, "ternsearch.packed", _log_packed(client, run_id, model, cfg, tf.name))
     return registered
 

@@ -26,7 +26,7 @@ from ternsearch.results.atomic import write_atomic
 
 __all__ = ["TAG", "as_metrics", "as_params", "as_tags", "brief_http", "check_reachable", "common_tags",
            "configure_http_env", "copy_redacted", "default_tracking_uri", "ensure_sqlite_dir", "flatten_config",
-           "get_or_create_experiment", "is_metric_value", "is_transient", "log_batch", "mlflow_console_off", "now_ms",
+           "is_metric_value", "is_transient", "log_batch", "mlflow_console_off", "now_ms",
            "one_line", "outage_reason", "pip_requirements", "quoted", "redact", "resolve_uri", "search_all",
            "sqlite_path", "sqlite_uri", "using_tracking_uri", "without_credentials"]
 
@@ -287,26 +287,6 @@ def ensure_sqlite_dir(uri: str) -> None:
     path = sqlite_path(uri)
     if path is not None:
         path.expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-
-
-def _artifact_location(uri: str, experiment: str) -> Optional[str]:
-    """Beside the database for a SQLite store (MLflow's default, ./mlruns, depends on the current directory);
-    the server's choice otherwise."""
-    path = sqlite_path(uri)
-    if path is None:
-        return None
-    safe = re.sub(r"[^\w.\-]", "_", experiment) or "experiment"
-    return (path.expanduser().resolve().parent / "mlartifacts" / safe).as_uri()
-
-
-def get_or_create_experiment(client, uri: str, name: str) -> str:
-    """The id of the experiment ``name``: created (artifacts beside a SQLite store), or restored if deleted."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
-    if exp.lifecycle_stage == "deleted":
-        client.restore_experiment(exp.experiment_id)
-    return exp.experiment_id
 
 
 def search_all(client, experiment_id: str, filter_string: str) -> list:

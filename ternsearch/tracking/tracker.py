@@ -40,11 +40,12 @@ from ray.tune import Callback
 from ternsearch.errors import TrackingError
 from ternsearch.numbers import fmt_number
 from ternsearch.results.trials import LOST_REASON, TUNE_KEYS, error_text, trial_status
+from ternsearch.tracking.experiments import get_or_create_experiment
 from ternsearch.tracking.model import log_best_model
 from ternsearch.tracking.store import (TAG, as_metrics, as_params, as_tags, check_reachable, common_tags,
                                        configure_http_env, copy_redacted, default_tracking_uri, ensure_sqlite_dir,
-                                       flatten_config, get_or_create_experiment, is_metric_value, log_batch, one_line,
-                                       quoted, redact, search_all, without_credentials)
+                                       flatten_config, is_metric_value, log_batch, one_line, quoted, redact,
+                                       search_all, without_credentials)
 from ternsearch.tracking.train_runs import log_single_run
 from ternsearch.tracking.writequeue import UNWRITTEN_FILE, WriteQueue, describe_unwritten
 

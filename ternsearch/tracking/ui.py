@@ -1,7 +1,8 @@
 """``ternsearch ui``: the MLflow UI on a sweep's own tracking store, bound to 127.0.0.1 unless told otherwise.
 
 A sweep with a SQLite store (the default) gets ``mlflow server`` on that file; a sweep that tracked to a server
-is pointed at that server instead. The command replaces itself with the server, so Ctrl-C stops it."""
+is pointed at that server instead. The command replaces itself with the server, so Ctrl-C stops it. It prints the
+address of the sweep experiment's runs table too, on the UI's model-training face (``experiments.ui_path``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ternsearch.errors import ResultsError, UsageError
 from ternsearch.results.export import load_results_meta
+from ternsearch.tracking.experiments import ui_path
 from ternsearch.tracking.net import listen_problem
 from ternsearch.tracking.store import redact, sqlite_path
 
@@ -72,6 +75,19 @@ def server_argv(uri: str, host: str, port: int) -> list[str]:
             "--port", str(port), "--workers", "1"]
 
 
+def _experiment_id(uri: str, name: str) -> Optional[str]:
+    """The id of the experiment ``name`` in the store at ``uri``; None when it cannot be read there (the UI
+    still opens, on its home page)."""
+    # mlflow takes ~1 s to import: only once the store is known to exist, just before the server starts
+    from mlflow.tracking import MlflowClient
+
+    try:
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    except Exception:  # noqa: BLE001 - the link to the runs is a convenience
+        return None
+    return exp.experiment_id if exp is not None else None
+
+
 def ui_command(a) -> int:
     results = Path(a.results)
     meta = load_results_meta(results)
@@ -92,6 +108,9 @@ def ui_command(a) -> int:
               "change the sweep's runs (MLflow has no login here)", file=sys.stderr)
     print(f"MLflow UI for sweep '{meta.get('name')}' (experiment '{experiment}'): {_url(a.host, port)}  "
           "(Ctrl-C stops it)", flush=True)
+    experiment_id = _experiment_id(f"sqlite:///{db.resolve()}", experiment)
+    if experiment_id is not None:
+        print(f"its runs: {_url(a.host, port)}/{ui_path(experiment_id)}", flush=True)
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # no job runner and its consumers
     argv = server_argv(f"sqlite:///{db.resolve()}", a.host, port)
