@@ -57,17 +57,19 @@ class EpochEvents:
     """An event file in ``log_dir`` for a run whose first epoch here is ``first_epoch`` (1 unless resumed)."""
 
     def __init__(self, log_dir: str | Path, first_epoch: int) -> None:
-        # torch's writer: the tensorboard package underneath, imported in a run only (torch is already loaded)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.first_epoch = first_epoch
-        # flush_secs: the writer's own timer is not needed, each epoch flushes (see the module's docstring)
-        self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=first_epoch, flush_secs=3600)
+        self.log_dir, self.first_epoch = Path(log_dir), first_epoch
+        self._writer = None  # opened with the first epoch: a run that fails before it leaves no file (no empty run)
 
     def epoch(self, epoch: int, metrics: dict[str, Any], model, last: bool) -> None:
         """Write epoch ``epoch``'s scalars (and its histograms, see ``histogram_epoch``), then flush."""
+        # torch's writer: the tensorboard package underneath, imported in a run only (torch is already loaded)
+        from torch.utils.tensorboard import SummaryWriter
+
         from trainables.ternary import ternary_modules  # torch: in a run only
 
+        if self._writer is None:
+            # flush_secs: the writer's own timer is not needed, each epoch flushes (see the module's docstring)
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.first_epoch, flush_secs=3600)
         for tag, value in scalar_tags(metrics).items():
             self._writer.add_scalar(tag, value, epoch)
         if histogram_epoch(epoch, self.first_epoch, last):
@@ -76,4 +78,5 @@ class EpochEvents:
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
