@@ -174,3 +174,7 @@ def test_ddp_trial_two_ranks_see_different_data(tmp_path, data_root):
     assert trial["status"] == "completed" and trial["last"]["world_size"] == 2
     digests = trial["last"]["shard_digest"].split(",")
     assert len(digests) == 2 and digests[0] != digests[1]
+    from test_tensorboard import read_events  # TensorBoard's reader: rank 0 of the DDP trial wrote every epoch
+
+    events = read_events(results / "tune" / f"trial_{trial['trial_id']}")
+    assert [e.step for e in events.Scalars("accuracy/val")] == list(range(1, trial["epochs"] + 1))

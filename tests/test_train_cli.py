@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_tensorboard import check_run_events
+
 CONFIG = """\
 name: cli
 data: {subset: 600, val_fraction: 0.2}
@@ -48,6 +50,7 @@ def test_train_then_resume_continues_and_evaluates_on_test(tmp_path, data_root):
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001", "epoch_0002"]
+    check_run_events(out)  # TensorBoard event files of both runs, one value an epoch
 
 
 def test_a_batch_larger_than_the_data_is_one_line_exit_1(tmp_path, data_root):

@@ -30,7 +30,7 @@ from trainables.failures import (DivergedError, OutOfMemoryError, TrialFailure, 
                                  find_permanent)
 from trainables.setup import TrialSetup
 
-__all__ = ["train_driver_fn", "trial_device", "worker_fn"]
+__all__ = ["train_driver_fn", "trial_device", "trial_events_dir", "worker_fn"]
 
 
 def _node_info() -> dict[str, Any]:
@@ -107,12 +107,14 @@ def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
     return None, None
 
 
-def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int) -> None:
+def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int,
+           events_dir: Optional[str] = None) -> None:
     """Resume from the newest usable checkpoint and run the loop; a ``TrialFailure`` is reported, then raised.
 
     ``send(metrics, ckpt_dir)`` hands a result to Ray. A run that fails in a way a retry would repeat (it
     diverged, it ran out of memory) reports the worst metric value (so the searcher learns from it) with a
     marker checkpoint; a retried trial finds the marker and fails at once instead of failing again the slow way.
+    Rank 0 writes TensorBoard event files into ``events_dir`` (none without it).
     """
     from trainables.checkpoint import save_checkpoint  # torch: in the trial only
     from trainables.loop import run  # torch: in the trial only
@@ -128,7 +130,8 @@ def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int)
         # saved this checkpoint may never have recorded the epoch. Receivers keep one value per epoch.
         send(dict(manifest.get("metrics", {}), replayed=True), None)
     try:
-        run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup.mode != "function"))
+        run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup.mode != "function"),
+            events_dir=events_dir)
     except TrialFailure as exc:
         diverged = isinstance(exc, DivergedError)
         metrics = {"epoch": exc.epoch, "run_complete": True,
@@ -166,6 +169,15 @@ def _siblings(path: str) -> list[str]:
     return _newest_first([path] + [str(p) for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here])
 
 
+def trial_events_dir(setup: TrialSetup, trial_id: str) -> Optional[str]:
+    """Where the trial's TensorBoard event files go: its own directory in the Tune experiment,
+    ``RESULTS/tune/trial_ID``, so ``tensorboard --logdir RESULTS`` shows one run per trial. None on object storage
+    (s3://, gs://...), which the writer cannot append to."""
+    if "://" in setup.trial_dir_root:
+        return None
+    return f"{setup.trial_dir_root}/trial_{trial_id}"
+
+
 def _run_function_trial(config: dict, setup: TrialSetup) -> None:
     from ray import tune  # in the trial only (see the module's docstring)
 
@@ -179,18 +191,19 @@ def _run_function_trial(config: dict, setup: TrialSetup) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
 
     ckpt = tune.get_checkpoint()
+    trial_id = tune.get_context().get_trial_id()
     if ckpt is None:
         # Tune records a trial's checkpoints in its experiment state every few seconds; a driver killed in
         # between restores the trial without its newest checkpoint. The checkpoints are on storage all the
         # same: look for them (local and shared filesystems).
-        trial_dir = Path(f"{setup.trial_dir_root}/trial_{tune.get_context().get_trial_id()}")
+        trial_dir = Path(f"{setup.trial_dir_root}/trial_{trial_id}")
         found = [str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()]
-        _train(cfg, setup, send, _newest_first(found), 0)
+        _train(cfg, setup, send, _newest_first(found), 0, trial_events_dir(setup, trial_id))
         return
     with ckpt.as_directory() as directory:
         # On local or shared-filesystem storage the directory is the stored checkpoint itself, and the
         # previous one (kept by CheckpointConfig.num_to_keep) lies beside it.
-        _train(cfg, setup, send, _siblings(directory), 0)
+        _train(cfg, setup, send, _siblings(directory), 0, trial_events_dir(setup, trial_id))
 
 
 def worker_fn(loop_config: dict) -> None:
@@ -229,7 +242,7 @@ def worker_fn(loop_config: dict) -> None:
             candidates.append(ckpt.path if local else ckpt.to_directory())
             if not local:  # remote storage: download the newest only
                 break
-    _train(cfg, setup, send, candidates, rank)
+    _train(cfg, setup, send, candidates, rank, loop_config.get("events_dir"))
 
 
 def _permanent_worker_fn(loop_config: dict) -> None:
@@ -258,7 +271,7 @@ def _run_torchtrainer_trial(config: dict, setup: TrialSetup) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     trainer = _lean(TorchTrainer)(
         _permanent_worker_fn,
-        train_loop_config={"config": config, "setup": setup},
+        train_loop_config={"config": config, "setup": setup, "events_dir": trial_events_dir(setup, trial_id)},
         torch_config=TorchConfig(backend="nccl" if setup.use_gpu else "gloo"),
         scaling_config=train.ScalingConfig(
             num_workers=setup.workers, use_gpu=setup.use_gpu, resources_per_worker=res,

@@ -3,7 +3,8 @@
 ``run(cfg, report, resume_from)`` trains ``cfg.train.epochs`` epochs (or until early stopping) and after every
 epoch calls ``report(metrics, checkpoint_dir)``. Rank 0 writes a checkpoint directory that the callback may
 copy or move away before it returns; other ranks pass ``None``. Under ``torch.distributed`` (DDP) each rank
-trains on its own shard of every epoch's permutation and the metrics are reduced over ranks.
+trains on its own shard of every epoch's permutation and the metrics are reduced over ranks. Given an
+``events_dir``, rank 0 also writes each epoch to TensorBoard event files there (``trainables.events``).
 
 Exact resume: the epoch's data order and augmentation draw from RNGs seeded by ``(seed, epoch, rank)``, and
 the checkpoint holds model, optimizer, schedule, grad scaler and early-stopping state, so 2 epochs + resume
@@ -31,6 +32,7 @@ from trainables.config import TrainConfig
 from trainables.device import precision_name
 from trainables.epoch import EpochResult, train_epoch
 from trainables.evaluate import evaluate
+from trainables.events import EpochEvents
 from trainables.failures import OutOfMemoryError
 from trainables.ternary import overall_zero_frac, ternary_stats
 from trainables.training import Training, prepare
@@ -55,6 +57,7 @@ def run(
     device: Optional[torch.device] = None,
     on_batch: Optional[Callable[[int, int, int], None]] = None,
     compile_backend: Any = "inductor",
+    events_dir: Optional[str | Path] = None,
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says; return the last epoch's metrics (plus ``best_*``).
 
@@ -66,6 +69,8 @@ def run(
         device: where to train; default CUDA (local rank) when present, else CPU.
         on_batch: optional progress hook ``(epoch, batch_index, batches_per_epoch)``.
         compile_backend: ``torch.compile``'s backend when ``train.compile`` is on (tests use ``aot_eager``).
+        events_dir: where rank 0 writes TensorBoard event files of every epoch (``trainables.events``); none
+            without it.
 
     Raises:
         DivergedError: the training loss became NaN or infinite.
@@ -74,7 +79,7 @@ def run(
     """
     where: dict[str, Any] = {"epoch": 1, "device": device}  # what _run is at, for the message
     try:
-        return _run(cfg, report, resume_from, device, on_batch, where, compile_backend)
+        return _run(cfg, report, resume_from, device, on_batch, where, compile_backend, events_dir)
     except Exception as exc:  # noqa: BLE001 -- only memory exhaustion is translated, the rest re-raised
         if not _is_out_of_memory(exc):
             raise
@@ -94,24 +99,31 @@ def run(
 
 
 def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_batch, where: dict,
-         compile_backend: Any = "inductor") -> dict[str, Any]:
+         compile_backend: Any = "inductor", events_dir: Optional[str | Path] = None) -> dict[str, Any]:
     entered = time.time()
     t = prepare(cfg, resume_from, device, where, compile_backend)
+    events = EpochEvents(events_dir, t.start_epoch) if events_dir is not None and t.rank == 0 else None
     metrics: dict[str, Any] = {}
-    for epoch in range(t.start_epoch, cfg.train.epochs + 1):
-        where["epoch"] = epoch
-        metrics = _metrics(t, epoch, train_epoch(t, epoch, on_batch), entered)
-        optim.epoch_end(t.schedule, metrics[cfg.metric.name])  # plateau: may lower the lr for the next epoch
-        stop = t.stopper.update(metrics[cfg.metric.name], epoch)
-        metrics.update(
-            # run_complete: this is the run's last epoch (all epochs, or patience ran out). Not "done", which
-            # Ray Tune sets itself on every trial's final result, early-stopped by ASHA or not.
-            best_metric=t.stopper.best, best_epoch=t.stopper.best_epoch, early_stopped=stop,
-            run_complete=stop or epoch == cfg.train.epochs,
-        )
-        _report(t, report, epoch, metrics)
-        if stop:
-            break
+    try:
+        for epoch in range(t.start_epoch, cfg.train.epochs + 1):
+            where["epoch"] = epoch
+            metrics = _metrics(t, epoch, train_epoch(t, epoch, on_batch), entered)
+            optim.epoch_end(t.schedule, metrics[cfg.metric.name])  # plateau: may lower the lr for the next epoch
+            stop = t.stopper.update(metrics[cfg.metric.name], epoch)
+            metrics.update(
+                # run_complete: this is the run's last epoch (all epochs, or patience ran out). Not "done", which
+                # Ray Tune sets itself on every trial's final result, early-stopped by ASHA or not.
+                best_metric=t.stopper.best, best_epoch=t.stopper.best_epoch, early_stopped=stop,
+                run_complete=stop or epoch == cfg.train.epochs,
+            )
+            if events is not None:  # before the report: Tune may stop the trial inside it
+                events.epoch(epoch, metrics, t.model, last=metrics["run_complete"])
+            _report(t, report, epoch, metrics)
+            if stop:
+                break
+    finally:
+        if events is not None:
+            events.close()
     return metrics
 
 

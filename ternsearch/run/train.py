@@ -101,7 +101,8 @@ def _train(run, cfg, source: Path, out: Path, resume_from: Optional[Path], progr
     bar = _Progress(cfg.train.epochs) if progress else None
     cap_memory_from_env()  # a test's simulated small machine; off unless set
     try:
-        final = run(cfg, _reporter(cfg, out, bar, keep), resume_from=resume_from, on_batch=bar.batch if bar else None)
+        final = run(cfg, _reporter(cfg, out, bar, keep), resume_from=resume_from, on_batch=bar.batch if bar else None,
+                    events_dir=out)  # TensorBoard event files beside history.jsonl
     except BatchSizeError as exc:  # found once the data is loaded: before the first step
         if bar:
             bar.close()

@@ -13,6 +13,7 @@ from typing import Optional
 from ray import tune
 from ray._raylet import PlacementGroupID
 from ray.train._internal import checkpoint_manager
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 from trainables.entry import train_driver_fn
@@ -238,6 +239,15 @@ def _tolerate_deleted_checkpoints() -> None:
     checkpoint_manager._delete_fs_path = delete
 
 
+def with_loggers(callbacks: list) -> list:
+    """``callbacks`` and Tune's CSV and JSON loggers, without its TensorBoard logger (``ray/tune/*`` scalars per
+    training_iteration, which restarts with a trial's driver): each trial writes its own event files into its
+    directory, one value an epoch (trainables.events). Tune adds all three unless told not to, by this variable,
+    which it reads in this process when the sweep starts."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    return [*callbacks, CSVLoggerCallback(), JsonLoggerCallback()]
+
+
 def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
                 stop: Optional[tune.Stopper] = None, sweep_id: str = "", target=None) -> tune.Tuner:
     """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``; ``stop`` may end it. Its
@@ -259,7 +269,8 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
             reuse_actors=reuse_actors(plan),
         ),
         run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=sweep_storage(storage_path, spec.name), callbacks=callbacks, verbose=0,
+            name=TUNE_DIR, storage_path=sweep_storage(storage_path, spec.name), callbacks=with_loggers(callbacks),
+            verbose=0,
             stop=stop,
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.failure.keep_checkpoints),
@@ -295,7 +306,7 @@ def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: lis
     # The restored run config carries pickled copies of our callbacks and stopper; use fresh ones (private API,
     # checked against ray 2.60: TunerInternal.get_run_config() returns the RunConfig that fit() hands to Tune).
     run_config = tuner._local_tuner.get_run_config()
-    run_config.callbacks, run_config.stop = callbacks, stop
+    run_config.callbacks, run_config.stop = with_loggers(callbacks), stop
     # The spec's num_samples, which --resume may have raised (a grown sweep): the restored searcher behind a fresh
     # generator that keeps it (TuneConfig is TunerInternal._tune_config, checked against ray 2.60).
     tune_config = tuner._local_tuner._tune_config
