@@ -38,6 +38,8 @@ from ternsearch.tracking.model_load import is_model_uri, load_model_uri, store_u
 
 __all__ = ["evaluate_command", "model_kind"]
 
+KIND_WORDS = {"tern": "a .tern file", "onnx": "an .onnx file", "checkpoint": "a checkpoint directory",
+              "run": "a `ternsearch train` run directory", "sweep": "a sweep's results directory"}
 MODEL_ALLOWED = ("a .tern or .onnx file, a `ternsearch train` run directory, a checkpoint directory, a sweep's "
                  "results directory, or an MLflow model URI (runs:/RUN_ID/model, models:/NAME/VERSION)")
 
@@ -104,7 +106,13 @@ def _predictor(text: str, kind: str, path: Optional[Path], tracking_uri: Optiona
 
 
 def _default_output(text: str, path: Optional[Path]) -> Path:
-    name = path.resolve().name.replace(".", "_") if path is not None else re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    """``evaluation/NAME``: the file's or folder's name with its dots as ``_`` (m.tern -> m_tern, m.onnx ->
+    m_onnx: two exports of one model do not overwrite each other's results), or the URI's characters that may
+    stand in a file name (models:/net/2 -> models_net_2)."""
+    if path is not None:
+        name = path.resolve().name.replace(".", "_")
+    else:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
     return Path("evaluation") / (name or "model")
 
 
@@ -118,8 +126,8 @@ def _check_outputs(folder: Path) -> None:
 def evaluate_command(a) -> int:
     kind, path = model_kind(a.model)
     if a.tracking_uri and kind != "mlflow":
-        raise UsageError(f"--tracking-uri {a.tracking_uri}: only for an MLflow model URI (runs:/..., models:/...), "
-                         f"and {a.model} is a {kind} model")
+        raise UsageError(f"--tracking-uri {a.tracking_uri}: only for an MLflow model URI (runs:/..., models:/...; "
+                         f"and {a.model} is {KIND_WORDS[kind]})")
     folder = Path(a.output) if a.output else _default_output(a.model, path)
     _check_outputs(folder)
     try:
