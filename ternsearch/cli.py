@@ -70,6 +70,13 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return report_command(a)
 
 
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    # numpy, Pillow (and torch once the model loads): only for `ternsearch evaluate`
+    from ternsearch.report.evaluate import evaluate_command
+
+    return evaluate_command(a)
+
+
 def _cmd_ui(a: argparse.Namespace) -> int:
     return ui_command(a)
 
@@ -170,7 +177,8 @@ def _add_sweep(sub) -> None:
 def _add_export(sub) -> None:
     e = sub.add_parser("export", help="write the best trial as a standalone train config (by default a full "
                        "retraining on the whole training set)")
-    e.add_argument("results", help="a sweep's results directory, or the sweep's spec file")
+    e.add_argument("results", help="a sweep's results directory, or the sweep's spec file (or a `ternsearch train` "
+                   "run directory, with --onnx/--packed)")
     e.add_argument("--spec", type=_checked("--spec", _path_problem),
                    help="refuse unless this spec file (as it is now) made the results")
     e.add_argument("--pick", metavar="OBJECTIVE[:TOL]", help="multi-objective sweeps: the Pareto trial best on "
@@ -180,7 +188,8 @@ def _add_export(sub) -> None:
     e.add_argument("--onnx", metavar="FILE", type=_checked("--onnx", _path_problem), help="also write the best "
                    "model as ONNX: uint8 images in, logits out, ternary weights as int8 codes + DequantizeLinear")
     e.add_argument("--onnx-int2", action="store_true", help="with --onnx: store the codes as INT2 (opset 25)")
-    e.add_argument("-o", "--output", default="best.yaml", type=_checked("--output", _path_problem))
+    e.add_argument("-o", "--output", type=_checked("--output", _path_problem),
+                   help="the train config to write (default: best.yaml; not for a train run directory)")
     e.add_argument("--epochs", type=_EPOCHS, help="retrain for this many epochs")
     e.add_argument("--keep-split", action="store_true", help="retrain on the sweep's data.subset and validation "
                    "split (default: on all 50,000 training images, data.val_fraction: 0, the val_* metrics then "
@@ -201,6 +210,19 @@ def _add_report_ui(sub) -> None:
     _add_server_arguments(d, 8080, _cmd_dashboard)
 
 
+def _add_evaluate(sub) -> None:
+    v = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a model on images")
+    v.add_argument("model", help="a .tern or .onnx file, a train run directory, a checkpoint or sweep results "
+                   "directory, or an MLflow model URI (runs:/RUN_ID/model, models:/NAME/VERSION)")
+    v.add_argument("data", help="a CIFAR-10 binary or python-layout file or folder (any number of records), or an "
+                   "ImageFolder tree of the CIFAR-10 class names")
+    v.add_argument("-o", "--output", type=_checked("--output", _path_problem),
+                   help="folder for confusion.csv, per_class.csv, confusion.html (default: evaluation/MODEL-NAME)")
+    v.add_argument("--tracking-uri", type=_checked("--tracking-uri", check_tracking_uri), help="for an MLflow "
+                   "model URI: the store (or a sweep's results directory; default $MLFLOW_TRACKING_URI, ./mlflow.db)")
+    v.set_defaults(func=_cmd_evaluate)
+
+
 def _add_server_arguments(p: argparse.ArgumentParser, port: int, func: Callable) -> None:
     """RESULTS, --host and --port of a command that serves a sweep's records (ui, dashboard)."""
     p.add_argument("results", help="a sweep's results directory")
@@ -215,7 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ternsearch", description="Hyperparameter search for ternary networks.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train_validate, _add_sweep, _add_export, _add_report_ui):
+    for add in (_add_train_validate, _add_sweep, _add_export, _add_report_ui, _add_evaluate):
         add(sub)
     for command in sub.choices.values():
         command.set_defaults(parser=command)  # whose error an unknown argument is (see _Parser.parse_args)

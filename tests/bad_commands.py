@@ -78,7 +78,7 @@ ROWS = [
          f"ternsearch train: the following arguments are required: config {HELP.format('train')}"),
     _row("no command", [], "ternsearch: the following arguments are required: COMMAND (run ternsearch --help)"),
     _row("unknown command", "bogus", "ternsearch: COMMAND: invalid choice: 'bogus' (choose from 'train', 'validate', "
-         "'sweep', 'export', 'report', 'ui', 'dashboard') (run ternsearch --help)"),
+         "'sweep', 'export', 'report', 'ui', 'dashboard', 'evaluate') (run ternsearch --help)"),
     _row("flag value missing", "export {results} -o", "ternsearch export: -o/--output: expected one argument "
          f"{HELP.format('export')}"),
     # 1. numbers and picks

@@ -1,8 +1,10 @@
 """``ternsearch export RESULTS --onnx FILE [--onnx-int2]``: the chosen trial's model as an ONNX graph whose ternary
-weights are int8 (or INT2) codes behind DequantizeLinear (see ``trainables.onnx_export``)."""
+weights are int8 (or INT2) codes behind DequantizeLinear (see ``trainables.onnx_export``); and the writers of both
+deployable files (ONNX, ``--packed``) from one checkpoint, a sweep trial's or a ``ternsearch train`` run's."""
 
 from __future__ import annotations
 
+import io
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -10,7 +12,7 @@ from typing import Any, Iterable
 from ternsearch.errors import OutputError, ResultsError
 from ternsearch.results.outputs import REGENERABLE, check_output, same_file
 
-__all__ = ["check_onnx_output", "write_onnx"]
+__all__ = ["check_onnx_output", "onnx_checkpoint", "pack_checkpoint", "write_onnx"]
 
 DEPLOY_HINT = "pip install 'ternsearch[deploy]' (onnx, onnxscript, onnxruntime)"
 
@@ -44,21 +46,26 @@ def _deploy_modules():
 def write_onnx(results_dir: Path, best: dict[str, Any], output: Path, int2: bool = False) -> str:
     """Trial ``best``'s checkpoint as ONNX at ``output``; a line saying what was written and whether ONNX Runtime
     runs it."""
+    check_output(output, results_dir, REGENERABLE["onnx"])
+    if not best.get("checkpoint"):
+        raise ResultsError(f"{results_dir}: no trial has a checkpoint to export yet")
+    return onnx_checkpoint(Path(best["checkpoint"]), output, int2, f"{results_dir}: best trial {best['trial_id']}")
+
+
+def onnx_checkpoint(checkpoint: Path, output: Path, int2: bool, where: str) -> str:
+    """The model of ``checkpoint`` as ONNX at ``output`` (already checked); ``where`` names it in errors."""
     onnx, onnx_export = _deploy_modules()
     from trainables.restore import model_from_checkpoint  # torch, as above
     from trainables.ternary import ternary_modules  # torch, as above
 
     if int2 and not hasattr(onnx.TensorProto, "INT2"):
         raise ResultsError(f"--onnx-int2: onnx {onnx.__version__} has no INT2 type (opset 25: onnx >= 1.20)")
-    check_output(output, results_dir, REGENERABLE["onnx"])
-    if not best.get("checkpoint"):
-        raise ResultsError(f"{results_dir}: no trial has a checkpoint to export yet")
-    model, cfg = model_from_checkpoint(best["checkpoint"])
+    model, cfg = model_from_checkpoint(checkpoint)
     kind = "int2" if int2 else "int8"
     try:
         path = onnx_export.export_onnx(model, output, kind, cfg.model_dump(mode="json"))
     except onnx_export.OnnxExportError as exc:
-        raise ResultsError(f"{results_dir}: best trial {best['trial_id']}: {exc}") from None
+        raise ResultsError(f"{where}: {exc}") from None
     layers = len(ternary_modules(model))
     try:
         verdict = onnx_export.ort_can_run(path) or f"onnxruntime {metadata.version('onnxruntime')} runs it"
@@ -67,3 +74,25 @@ def write_onnx(results_dir: Path, best: dict[str, Any], output: Path, int2: bool
     return (f"{path}: {path.stat().st_size / 1e6:.2f} MB ONNX, {layers} ternary layers as {kind.upper()} codes + "
             f"DequantizeLinear; input {onnx_export.INPUT} uint8 N x 3 x 32 x 32, output {onnx_export.OUTPUT}; "
             + verdict)
+
+
+def pack_checkpoint(checkpoint: Path, output: Path, where: str) -> str:
+    """The model of ``checkpoint`` packed at 2 bits a weight at ``output`` (already checked; see
+    ``trainables.packed``); a line with the sizes. ``where`` names the model in errors."""
+    # torch: only for --packed (export of a train config, like the sweep's best.yaml, runs without it)
+    import torch
+    from trainables.packed import PackError, save_packed  # torch, as above
+    from trainables.restore import model_from_checkpoint  # torch, as above
+
+    model, cfg = model_from_checkpoint(checkpoint)
+    if cfg.model.quantizer == "none":
+        raise ResultsError(f"{where} is full precision (model.quantizer: none): nothing to pack at 2 bits")
+    try:
+        path = save_packed(model, cfg, output)
+    except PackError as exc:
+        raise ResultsError(f"{where}: {exc}") from None
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    size = path.stat().st_size
+    return (f"{path}: {size / 1e6:.2f} MB, {buf.tell() / size:.1f}x smaller than the fp32 state_dict "
+            f"({buf.tell() / 1e6:.2f} MB); load it with trainables.packed.load_packed")

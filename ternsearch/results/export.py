@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -14,11 +13,13 @@ from trainables.config import TrainConfig
 from ternsearch.errors import OutputError, RecordError, ResultsError, UsageError
 from ternsearch.results.atomic import write_atomic
 from ternsearch.results.best import best_trial, pareto_trials
-from ternsearch.results.deploy import check_onnx_output, write_onnx
+from ternsearch.results.deploy import check_onnx_output, pack_checkpoint, write_onnx
+from ternsearch.results.export_run import export_run_dir
 from ternsearch.results.files import SWEEP, SWEEP_HINT, TRIALS, read_sweep, read_trials
 from ternsearch.results.location import check_same_spec, records_dir, resolve_storage
 from ternsearch.results.outputs import REGENERABLE, check_output, same_file
 from ternsearch.results.rebuild import recover_trials
+from ternsearch.results.rundir import is_run_dir
 from ternsearch.spec.describe import data_line
 from ternsearch.spec import load_spec
 
@@ -199,28 +200,11 @@ def results_of(source: Path, spec_file: Optional[Path] = None) -> Path:
 def write_packed(results_dir: Path, output: Path, pick: Optional[str] = None) -> str:
     """The chosen trial's model as a packed 2-bit file (see ``trainables.packed``); a line with the sizes.
     Raises ``OutputError`` where ``output`` would overwrite a record or the spec (``ternsearch.results.outputs``)."""
-    # torch: only for --packed (export of a train config, like the sweep's best.yaml, runs without it)
-    import torch
-    from trainables.packed import PackError, save_packed  # torch, as above
-    from trainables.restore import model_from_checkpoint  # torch, as above
-
     check_output(output, results_dir, REGENERABLE["packed"])
     _, best = chosen_trial(results_dir, pick)
     if not best.get("checkpoint"):
         raise ResultsError(f"{results_dir}: no trial has a checkpoint to pack yet")
-    model, cfg = model_from_checkpoint(best["checkpoint"])
-    if cfg.model.quantizer == "none":
-        raise ResultsError(f"{results_dir}: the best trial ({best['trial_id']}) is full precision "
-                           "(model.quantizer: none): nothing to pack at 2 bits")
-    try:
-        path = save_packed(model, cfg, output)
-    except PackError as exc:
-        raise ResultsError(f"{results_dir}: best trial {best['trial_id']}: {exc}") from None
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    size = path.stat().st_size
-    return (f"{path}: {size / 1e6:.2f} MB, {buf.tell() / size:.1f}x smaller than the fp32 state_dict "
-            f"({buf.tell() / 1e6:.2f} MB); load it with trainables.packed.load_packed")
+    return pack_checkpoint(Path(best["checkpoint"]), output, f"{results_dir}: best trial {best['trial_id']}")
 
 
 def _spec_argument(spec: Optional[str]) -> Optional[Path]:
@@ -236,6 +220,9 @@ def _spec_argument(spec: Optional[str]) -> Optional[Path]:
 
 
 def export_command(a) -> int:
+    if is_run_dir(Path(a.results)):  # a `ternsearch train` run: --onnx/--packed only (ternsearch.results.export_run)
+        return export_run_dir(a, Path(a.results))
+    a.output = a.output or "best.yaml"
     results = results_of(Path(a.results), _spec_argument(a.spec))
     specs = [Path(p) for p in (a.results, a.spec) if p and Path(p).is_file()]
     # both outputs before either is written
