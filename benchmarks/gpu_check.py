@@ -64,6 +64,17 @@ def check_compile() -> bool:
                  f"{time.time() - t0:.0f} s, {out['images_per_sec']:.0f} images/s, dynamo recompiles {recompiles}")
 
 
+def check_augment_workers() -> bool:
+    """AutoAugment in CPU workers (data.augment_workers: auto on CUDA) against inline, one epoch each."""
+    rates = {}
+    for workers in ("auto", 0):
+        cfg = _cfg(epochs=1, augment="autoaugment")
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"augment_workers": workers})})
+        rates[workers] = run(cfg, None)["images_per_sec"]
+    return _line("autoaugment in CPU workers", rates["auto"] > 0,
+                 f"{rates['auto']:.0f} images/s with workers, {rates[0]:.0f} inline")
+
+
 def check_sweep(name: str, resources: str, model: str, tmp: Path) -> bool:
     spec = tmp / f"{name}.yaml"
     spec.write_text(f"name: gpu-check-{name}\nmetric: {{name: val_acc, mode: max}}\n"
@@ -95,6 +106,7 @@ def main() -> int:
         else:
             print("skipped bf16 + resume: this GPU has no native bf16")
         results.append(check_compile())
+        results.append(check_augment_workers())
         results.append(check_sweep("fractional", "{workers_per_trial: 1, gpus_per_worker: 0.25, cpus_per_worker: 1}",
                                    "{arch: tinynet}", tmp))
         if gpus >= 2:

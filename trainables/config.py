@@ -95,6 +95,16 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     subset: Optional[int] = Field(None, ge=20, le=50_000)
     split_seed: int = Field(0, ge=0, le=2**32 - 1)
+    # Processes that build the batches of a per-image policy (autoaugment, randaugment) on CPU; 0: in the training
+    # loop; auto: on CUDA only (trainables.augment_workers).
+    augment_workers: Union[Literal["auto"], int] = Field("auto", union_mode="left_to_right")
+
+    @field_validator("augment_workers")
+    @classmethod
+    def _workers_in_range(cls, v):
+        if v != "auto" and not 0 <= v <= 32:
+            raise ValueError("must be auto or a whole number from 0 to 32")
+        return v
 
 
 CIFAR10_TRAIN_IMAGES = 50_000

@@ -133,6 +133,11 @@ def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int,
         run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup.mode != "function"),
             events_dir=events_dir)
     except TrialFailure as exc:
+        if setup.workers > 1 and isinstance(exc, OutOfMemoryError):
+            # One rank ran out: the others wait in a collective for it, so its report (a barrier across the
+            # ranks) would wait for them until the group's timeout. Raised at once, it ends the trial (Ray Train
+            # stops the worker group) with this rank's reason; the searcher is told only that the trial failed.
+            raise
         diverged = isinstance(exc, DivergedError)
         metrics = {"epoch": exc.epoch, "run_complete": True,
                    **{name: worst_value(name, mode) for name, mode in setup.objectives}}
@@ -215,10 +220,10 @@ def worker_fn(loop_config: dict) -> None:
     setup: TrialSetup = loop_config["setup"]
     cfg = _config(loop_config["config"], setup)
     _set_threads(setup.cpus_per_worker)
-    cap_memory_from_env()
     node = _node_info()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    cap_memory_from_env(rank)
     # Report which node every rank ran on: rank 0's metrics are what Tune sees, so gather them there.
     nodes = [None] * ctx.get_world_size()
     dist.all_gather_object(nodes, node["node_id"])

@@ -7,13 +7,14 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainables import recipes
+from trainables.augment_workers import EpochBatches, batches_from_workers
 from trainables.distributed import all_sum, shard_digest
 from trainables.failures import DivergedError
 from trainables.training import Training
@@ -73,9 +74,7 @@ def train_epoch(t: Training, epoch: int, on_batch: Optional[Callable[[int, int, 
     t.net.train()
     # loss over finite steps, correct, count, count in finite steps, non-finite steps: no per-step sync
     sums = torch.zeros(5, dtype=torch.float64, device=t.device)
-    for b in range(t.batches):
-        idx = perm[b * t.local_bs : (b + 1) * t.local_bs]
-        xb, yb = t.augment(t.train_x[idx], t.train_y[idx], aug_gen)
+    for b, (xb, yb) in enumerate(_batches(t, perm, aug_gen, seed_for(p.seed, epoch, t.rank, 3))):
         if t.first_step is None:
             t.first_step = time.time()
         out, loss = _step(t, xb, yb, b)
@@ -89,6 +88,19 @@ def train_epoch(t: Training, epoch: int, on_batch: Optional[Callable[[int, int, 
     train_seconds = time.perf_counter() - t0
     sums = all_sum(sums, t.world)
     return EpochResult(sums, epoch_loss(sums, t.batches * t.world, epoch), train_seconds, t0, digest, mix)
+
+
+def _batches(t: Training, perm: torch.Tensor, aug_gen: torch.Generator, worker_seed: int) -> Iterator:
+    """The epoch's augmented batches ``(images, targets)``: in this process, or from ``t.augment_workers``
+    processes on CPU (a per-image policy, ``trainables.augment_workers``, seeded per batch from ``worker_seed``)."""
+    if t.augment_workers:
+        batches = EpochBatches(t.cpu_images, t.train_y.cpu(), perm, t.local_bs, t.augment.per_image_transform,
+                               worker_seed)
+        yield from batches_from_workers(batches, t.augment_workers, t.device, t.channels_last)
+        return
+    for b in range(t.batches):
+        idx = perm[b * t.local_bs : (b + 1) * t.local_bs]
+        yield t.augment(t.train_x[idx], t.train_y[idx], aug_gen)
 
 
 def _step(t: Training, xb: torch.Tensor, yb: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -169,15 +169,18 @@ def failure_reason(result: dict) -> Optional[str]:
 
 
 MEMORY_CAP_ENV = "TERNSEARCH_FAULT_MEMORY_MB"
+MEMORY_CAP_RANK_ENV = "TERNSEARCH_FAULT_MEMORY_RANK"
 
 
-def cap_memory_from_env() -> Optional[int]:
+def cap_memory_from_env(rank: int = 0) -> Optional[int]:
     """Fault injection for tests, off unless ``TERNSEARCH_FAULT_MEMORY_MB`` is set: caps this process's data
     segment (RLIMIT_DATA, which malloc'd and mmap'd memory count against) at its current size plus that many
     MB, so that a run needing more fails with a real allocation error, as on a machine with little memory.
+    With ``TERNSEARCH_FAULT_MEMORY_RANK`` set, only the DDP rank it names (``rank``) is capped.
     Returns the cap in bytes, or None."""
     extra = os.environ.get(MEMORY_CAP_ENV)
-    if not extra:
+    only = os.environ.get(MEMORY_CAP_RANK_ENV)
+    if not extra or (only and int(only) != rank):
         return None
     with open("/proc/self/status") as f:
         now_kb = int(re.search(r"VmData:\s+(\d+)", f.read()).group(1))

@@ -29,7 +29,9 @@ from torch import nn
 from trainables import optim
 from trainables.checkpoint import save_checkpoint
 from trainables.config import TrainConfig
+from trainables.agree import ranks_agree
 from trainables.device import precision_name
+from trainables.distributed import rank_world
 from trainables.epoch import EpochResult, train_epoch
 from trainables.evaluate import evaluate
 from trainables.events import EpochEvents
@@ -78,24 +80,31 @@ def run(
         BatchSizeError: ``train.batch_size`` does not fit the workers or the training images.
     """
     where: dict[str, Any] = {"epoch": 1, "device": device}  # what _run is at, for the message
+    rank, world = rank_world()
     try:
-        return _run(cfg, report, resume_from, device, on_batch, where, compile_backend, events_dir)
-    except Exception as exc:  # noqa: BLE001 -- only memory exhaustion is translated, the rest re-raised
-        if not _is_out_of_memory(exc):
-            raise
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise OutOfMemoryError(
-            f"out of memory in epoch {where['epoch']} at train.batch_size={cfg.train.batch_size} on "
-            f"{where['device'] or 'cpu'} ({detail}); lower train.batch_size or pick a smaller model",
-            where["epoch"]) from None
+        with ranks_agree(rank, world):  # under DDP, one rank's error is every rank's (trainables.agree)
+            try:
+                return _run(cfg, report, resume_from, device, on_batch, where, compile_backend, events_dir)
+            except Exception as exc:  # noqa: BLE001 -- only memory exhaustion is translated, the rest re-raised
+                if not _is_out_of_memory(exc):
+                    raise
+                raise _out_of_memory(exc, cfg, where, rank, world) from None
     finally:
         device_used = where["device"]
         if device_used is not None and device_used.type == "cuda":
             # A reused trial actor keeps its caching allocator: hand this run's blocks back to the GPU, which
             # other trials' processes share.
             torch.cuda.empty_cache()
+
+
+def _out_of_memory(exc: BaseException, cfg: TrainConfig, where: dict, rank: int, world: int) -> OutOfMemoryError:
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    on = f"{where['device'] or 'cpu'}" + (f", rank {rank} of {world}" if world > 1 else "")
+    return OutOfMemoryError(
+        f"out of memory in epoch {where['epoch']} at train.batch_size={cfg.train.batch_size} on {on} ({detail}); "
+        "lower train.batch_size or pick a smaller model", where["epoch"])
 
 
 def _run(cfg: TrainConfig, report: Optional[Report], resume_from, device, on_batch, where: dict,

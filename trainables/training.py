@@ -18,6 +18,7 @@ from torch import nn
 
 from trainables import optim, recipes
 from trainables.augment import BatchAugment
+from trainables.augment_workers import resolve_workers
 from trainables.checkpoint import load_checkpoint
 from trainables.config import TrainConfig
 from trainables.continuation import restore_schedule
@@ -86,6 +87,8 @@ class Training:
     teacher: Optional[nn.Module]
     start_epoch: int
     first_step: Optional[float] = None  # wall clock of this process's first training step
+    augment_workers: int = 0  # processes building the per-image policy's batches (trainables.augment_workers)
+    cpu_images: Optional[torch.Tensor] = None  # the training images on CPU, for those workers
 
 
 def prepare(cfg: TrainConfig, resume_from: Optional[str | Path], device: Optional[torch.device], where: dict,
@@ -110,9 +113,10 @@ def prepare(cfg: TrainConfig, resume_from: Optional[str | Path], device: Optiona
     augment = BatchAugment(p, channels_last=channels_last)
     teacher = recipes.load_teacher(p.distill_from, device, channels_last) if p.distill_weight > 0 else None
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    workers = resolve_workers(cfg.data.augment_workers, p.augment, device)
     return Training(cfg, device, rank, world, local_bs, batches, eval_on, train_x, train_y, val_x, val_y, model,
                     net, latent, channels_last, optimizer, schedule, scaler, stopper, amp_dtype, amp, augment,
-                    teacher, start_epoch)
+                    teacher, start_epoch, augment_workers=workers, cpu_images=train_x.cpu() if workers else None)
 
 
 def _data(cfg: TrainConfig, device: torch.device, world: int, local_bs: int) -> tuple:
