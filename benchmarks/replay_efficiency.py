@@ -234,7 +234,7 @@ def main(argv=None) -> int:
           " and the spec's defaults)")
     print("\n".join(table_lines(table, a.epochs)))
     methods = ["random"] + [m for m in a.methods if m != "random"]
-    curves, walls = run_all(methods, base, a)
+    curves, walls = run_all(methods, base, a, budget)
     print("\n".join(summary_lines(curves, budget)))
     print("\n".join(target_lines(curves, budget, walls)))
     if a.plot:
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_all(methods: list[str], base: dict, a) -> tuple[dict, dict]:
+def run_all(methods: list[str], base: dict, a, budget: int) -> tuple[dict, dict]:
     import ray  # one Ray for every sweep
 
     import ternsearch.report.render as render  # the sweep's HTML report is not what is compared: not written
@@ -264,6 +264,9 @@ def run_all(methods: list[str], base: dict, a) -> tuple[dict, dict]:
                 print(f"  ran {method}: {a.seeds} sweeps, median {statistics.median(walls[method]):.1f} s each, "
                       f"{statistics.median(len(c) for c in curves[method]):.0f} epochs each "
                       f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
+                if i and method != methods[-1]:  # the table so far, in case the run is cut short
+                    done = {m: c for m, c in curves.items() if c}
+                    print("\n".join("    " + line for line in summary_lines(done, budget)), flush=True)
     finally:
         ray.shutdown()
     return curves, walls
