@@ -169,6 +169,9 @@ def _add_sweep(sub) -> None:
     s.add_argument("--tracking-uri", type=_checked("--tracking-uri", check_tracking_uri),
                    help="override tracking.uri")
     s.add_argument("--quiet", "-q", action="store_true", help="less progress output")
+    s.add_argument("--replay", metavar="TABLE", type=_checked("--replay", _path_problem),
+                   help="every trial replays the nearest recorded trial of TABLE (benchmarks/replay_table.py) "
+                   "instead of training: the searcher and scheduler settings tried in seconds")
     s.add_argument("--verbose", "-v", action="store_true",
                    help="also show Ray's, Tune's, MLflow's and Optuna's own output (and the trials' output)")
     s.set_defaults(func=_cmd_sweep)

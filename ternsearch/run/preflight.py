@@ -48,16 +48,18 @@ def check_inputs(cfg, where: Callable[[tuple[str, ...], str], str], data_key: tu
 
 
 def check_environment(spec: SweepSpec, storage: str, address: Optional[str],
-                      storage_arg: Optional[str] = None) -> None:
+                      storage_arg: Optional[str] = None, inputs: bool = True) -> None:
     """Data present, storage writable, GPUs present when asked for, multi-node constraints. ``storage`` is the
-    resolved storage path; ``storage_arg`` the ``--storage`` that gave it, if any (named in the message).
+    resolved storage path; ``storage_arg`` the ``--storage`` that gave it, if any (named in the message). Without
+    ``inputs`` (a replayed sweep, which reads no data), the data and weight sources are not checked.
 
     Raises:
         PreflightError: one line naming the file, the key and what to do.
     """
     loc = spec.located
-    check_inputs(spec.base_config(),  # the absolute paths the trials will read
-                 lambda key, detail: str(loc.error(key, detail)), ("data", "root") if spec.data.root else ("data",))
+    if inputs:
+        check_inputs(spec.base_config(),  # the absolute paths the trials will read
+                     lambda key, detail: str(loc.error(key, detail)), ("data", "root") if spec.data.root else ("data",))
     why = unwritable(Path(storage)) if "://" not in storage else None
     if why and storage_arg:
         raise PreflightError(f"--storage {storage_arg}: {storage} is not writable: {why} (give a directory you "

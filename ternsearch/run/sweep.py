@@ -25,6 +25,7 @@ from ternsearch.results.rebuild import recover_trials
 from ternsearch.run.cluster import check_cluster, env_address, start_cluster
 from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
                                      local_resources)
+from ternsearch.run.replay import check_replay_resume, load_replay
 from ternsearch.run.startup import quiet_libraries, warm_imports
 from ternsearch.spec import SweepSpec, load_spec
 from ternsearch.spec.describe import metric_words
@@ -56,7 +57,6 @@ def _describe_plan(spec: SweepSpec, plan, results_dir: str, uri: str) -> str:
     lines += [f"    {p.name}: {p.describe()}" for p in ordered(spec.params)]
     lines += [f"  results: {results_dir}", f"  tracking: {uri}"]
     return "\n".join(lines)
-
 
 
 def _stopping_words(spec: SweepSpec) -> str:
@@ -111,8 +111,9 @@ class _SignalToInterrupt:
 
 def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Optional[str] = None,
               tracking_uri: Optional[str] = None, resume: bool = False, dry_run: bool = False,
-              quiet: bool = False, verbose: bool = False) -> dict[str, Any]:
-    """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths)."""
+              quiet: bool = False, verbose: bool = False, replay: Optional[str] = None) -> dict[str, Any]:
+    """Run (or resume) the sweep ``spec``; returns a summary (best trial, paths). With ``replay`` (a table's path),
+    every trial replays the table's nearest recorded trial instead of training (``ternsearch.run.replay``)."""
     quiet_libraries(verbose)
     shown = None
     if address is None:  # ray.init would join $RAY_ADDRESS by itself: check it and plan for it as for --address
@@ -120,7 +121,10 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
 
     storage_path = resolve_storage(spec, storage)
     results_dir = records_dir(spec.name, storage_path)
-    check_environment(spec, storage_path, address, storage)
+    table = load_replay(spec, replay) if replay else None
+    if resume and (results_dir / SWEEP).is_file():  # before the data check: a replayed sweep reads no data
+        check_replay_resume(results_dir, read_sweep(results_dir), replay)
+    check_environment(spec, storage_path, address, storage, inputs=table is None)
     check_results(results_dir, spec.file, resume)
     if not resume:
         check_warm_start(spec)
@@ -150,11 +154,13 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     check_fits(spec, plan.trial_resources, cluster, where, multi_node=sum(c for _, c in nodes or []) > 1,
                storage=storage, tracking_uri=uri)
     check_one_node(spec, plan, where)
-    _say(_describe_plan(spec, plan, str(results_dir), without_credentials(uri)))
+    _say(_describe_plan(spec, plan, str(results_dir), without_credentials(uri)) + (
+        f"\n  replay: {replay} ({len(table.curves)} recorded trials x {table.epochs} epochs; no training)"
+        if table else ""))
     if dry_run:
         return {"dry_run": True, "plan": plan.__dict__}
     return _execute(spec, plan, storage_path, results_dir, uri, resume=resume, quiet=quiet, owns_ray=owns_ray,
-                    verbose=verbose)
+                    verbose=verbose, replay=(replay, table) if table else None)
 
 
 def _shutdown_ray_in_background() -> threading.Thread:
@@ -168,16 +174,18 @@ def _shutdown_ray_in_background() -> threading.Thread:
 
 
 def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_ray=False,
-             verbose=False) -> dict[str, Any]:
+             verbose=False, replay=None) -> dict[str, Any]:
     # Ray Tune, like the modules below: imported after Ray is up (the warm-up thread has them ready)
     from ternsearch.run.stopping import SweepStops
     from ternsearch.run.tuner import prestart_train_services
 
     if plan.mode == "torchtrainer":
         prestart_train_services()
-    meta, tracker = _open_records(spec, plan, storage_path, results_dir, uri, resume=resume, verbose=verbose)
+    meta, tracker = _open_records(spec, plan, storage_path, results_dir, uri, resume=resume, verbose=verbose,
+                                  replay=replay[0] if replay else None)
     stops = SweepStops(spec)
-    tuner, guard = _tuner(spec, plan, storage_path, results_dir, meta, tracker, stops, resume=resume, quiet=quiet)
+    tuner, guard = _tuner(spec, plan, storage_path, results_dir, meta, tracker, stops, resume=resume, quiet=quiet,
+                          replay=replay[1] if replay else None)
     status = _fit(tuner, tracker, guard, stops)
     stopping = _shutdown_ray_in_background() if owns_ray else None
     try:
@@ -189,7 +197,8 @@ def _execute(spec, plan, storage_path, results_dir, uri, *, resume, quiet, owns_
             stopping.join()
 
 
-def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resume: bool, verbose: bool):
+def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resume: bool, verbose: bool,
+                  replay: Optional[str] = None):
     """``(sweep.json's contents, the MLflow tracker or None)``: sweep.json written (or updated on resume) and the
     spec copied beside it; the tracker's parent run started, so an unreachable store fails before any trial."""
     from ternsearch.tracking.tracker import MLflowTracker, flatten_config  # MLflow and Ray Tune
@@ -202,6 +211,7 @@ def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resu
         "objectives": [[m.name, m.mode] for m in spec.objectives],
         "params": [p.name for p in spec.params], "base": spec.base_config().model_dump(mode="json"),
         "storage_path": storage_path, "started": time.time(),
+        **({"replay": str(Path(replay).resolve())} if replay else {}),
     }
     tracker = None
     if spec.tracking.enabled:
@@ -223,7 +233,8 @@ def _open_records(spec, plan, storage_path, results_dir: Path, uri: str, *, resu
     return meta, tracker
 
 
-def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, stops, *, resume: bool, quiet: bool):
+def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, stops, *, resume: bool, quiet: bool,
+           replay=None):
     """``(the Tuner, new or restored, with the sweep's callbacks, its setup-failure guard)``."""
     from ternsearch.results.recorder import SweepRecorder  # Ray Tune, as all four
     from ternsearch.run.failfast import SetupFailureGuard  # Ray Tune
@@ -236,8 +247,9 @@ def _tuner(spec, plan, storage_path, results_dir: Path, meta: dict, tracker, sto
     if tracker is not None:
         callbacks.append(tracker)
     stop = stops.stopper(guard.stopper)
-    tuner = (restore_tuner(spec, plan, storage_path, callbacks, stop, target=stops.target) if resume else
-             build_tuner(spec, plan, storage_path, callbacks, stop, sweep_id=meta["sweep_id"], target=stops.target))
+    tuner = (restore_tuner(spec, plan, storage_path, callbacks, stop, target=stops.target, replay=replay) if resume
+             else build_tuner(spec, plan, storage_path, callbacks, stop, sweep_id=meta["sweep_id"],
+                              target=stops.target, replay=replay))
     # Tune warns whenever it snapshots state often; with a checkpoint every epoch that is by design.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune saves its experiment state at most every 10 s by default; a killed driver loses what happened since.
@@ -327,7 +339,7 @@ def _finish(spec, results_dir: Path, meta: dict, trials: dict, tracker) -> dict[
                              for t in front]
     if tracker is not None:
         try:
-            if best.get("checkpoint"):
+            if best.get("checkpoint") and not meta.get("replay"):  # a replayed trial's checkpoint holds no model
                 summary["model_uri"] = _log_best(tracker, best, best_yaml)
         finally:
             tracker.close("FINISHED")
@@ -377,7 +389,8 @@ def _log_best(tracker, best: dict, best_yaml: Path) -> str:
 def sweep_command(a) -> int:
     spec = load_spec(a.file)
     summary = run_sweep(spec, address=a.address, storage=a.storage, tracking_uri=a.tracking_uri,
-                        resume=a.resume, dry_run=a.dry_run, quiet=a.quiet, verbose=a.verbose)
+                        resume=a.resume, dry_run=a.dry_run, quiet=a.quiet, verbose=a.verbose,
+                        replay=getattr(a, "replay", None))
     if summary.get("interrupted"):
         return 130
     print(json.dumps(summary, indent=1, default=str))

@@ -17,11 +17,13 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 from trainables.entry import train_driver_fn
+from trainables.replay import ReplayTable, replay_fn
 from trainables.setup import TrialSetup
 
 from ternsearch.results.files import TUNE_DIR
 from ternsearch.results.location import records_dir
 from ternsearch.run.failfast import no_retry_for_permanent_errors
+from ternsearch.run.replay import replay_setup
 from ternsearch.run.searcher import StudySearcher, search_alg, study_storage
 from ternsearch.run.searcher import StudySearcher as _Searcher  # noqa: F401 - earlier sweeps pickled it so
 from ternsearch.spec import SweepSpec
@@ -174,7 +176,19 @@ class ReleaseTrainResources(tune.Callback):
         self._release(trial)
 
 
-def _trainable(spec: SweepSpec, plan: Plan, storage_path: str):
+def _replay_trainable(spec: SweepSpec, plan: Plan, storage_path: str, table: ReplayTable):
+    """A trial that replays ``table`` (``--replay``). It trains nothing, so it takes no GPU; it takes the CPUs and
+    custom resources of the trial it stands for, so that as many run at once as would train (the plan's
+    concurrency): a spec asking for a fraction of a CPU per worker runs that many more at once."""
+    setup = replay_setup(spec, table, experiment_path(storage_path, spec.name))
+    res = {"cpu": plan.trial_resources.get("CPU", 0.0),
+           **{k: v for k, v in plan.trial_resources.items() if k not in ("CPU", "GPU")}}
+    return tune.with_resources(tune.with_parameters(replay_fn, setup=setup), res)
+
+
+def _trainable(spec: SweepSpec, plan: Plan, storage_path: str, replay: Optional[ReplayTable] = None):
+    if replay is not None:
+        return _replay_trainable(spec, plan, storage_path, replay)
     fn = tune.with_parameters(train_driver_fn, setup=trial_setup(spec, plan, storage_path))
     extra = dict(spec.resources.driver_resources)
     if plan.mode == "function":
@@ -190,7 +204,9 @@ def _trainable(spec: SweepSpec, plan: Plan, storage_path: str):
 
 def _searcher_and_scheduler(spec: SweepSpec, plan: Plan, storage_path: Optional[str] = None, sweep_id: str = ""):
     """The searcher (its study in RESULTS/optuna.db; in memory without ``storage_path``) and the scheduler."""
-    sampler = make_sampler(spec.searcher.algorithm, spec.params, spec.searcher.seed, spec.searcher.num_samples)
+    s = spec.searcher
+    sampler = make_sampler(s.algorithm, spec.params, s.seed, s.num_samples, n_startup_trials=s.n_startup_trials,
+                           multivariate=s.multivariate, constant_liar=s.constant_liar)
     if spec.multi_objective:  # OptunaSearch takes lists: the study is multi-objective
         metric, mode = [m.name for m in spec.objectives], [m.mode for m in spec.objectives]
     else:
@@ -212,11 +228,12 @@ def _searcher_and_scheduler(spec: SweepSpec, plan: Plan, storage_path: Optional[
     return search, scheduler
 
 
-def reuse_actors(plan: Plan) -> bool:
+def reuse_actors(plan: Plan, replay: bool = False) -> bool:
     """Whether a finished trial's process runs the next trial: for function trials (one worker, all trials alike),
     which then skip a Ray worker start and the torch import (see BENCHMARKS.md). TorchTrainer trials start their
-    own worker group anyway. ``TERNSEARCH_REUSE_ACTORS=0`` turns it off (benchmarks compare both)."""
-    return plan.mode == "function" and os.environ.get("TERNSEARCH_REUSE_ACTORS", "1") != "0"
+    own worker group anyway; replayed trials are function trials. ``TERNSEARCH_REUSE_ACTORS=0`` turns it off
+    (benchmarks compare both)."""
+    return (plan.mode == "function" or replay) and os.environ.get("TERNSEARCH_REUSE_ACTORS", "1") != "0"
 
 
 def _tolerate_deleted_checkpoints() -> None:
@@ -249,15 +266,16 @@ def with_loggers(callbacks: list) -> list:
 
 
 def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
-                stop: Optional[tune.Stopper] = None, sweep_id: str = "", target=None) -> tune.Tuner:
+                stop: Optional[tune.Stopper] = None, sweep_id: str = "", target=None,
+                replay: Optional[ReplayTable] = None) -> tune.Tuner:
     """A fresh Tuner for ``spec`` whose experiment lives in ``storage_path/spec.name``; ``stop`` may end it. Its
     Optuna study is ``RESULTS/optuna.db``, named ``sweep_id`` (see :mod:`ternsearch.run.searcher`); no trial starts
-    once ``target`` (a ``TargetStopper``) is reached."""
+    once ``target`` (a ``TargetStopper``) is reached. With ``replay``, trials replay that table."""
     _tolerate_deleted_checkpoints()
     no_retry_for_permanent_errors()
     search, scheduler = _searcher_and_scheduler(spec, plan, storage_path, sweep_id or spec.name)
     return tune.Tuner(
-        _trainable(spec, plan, storage_path),
+        _trainable(spec, plan, storage_path, replay),
         tune_config=tune.TuneConfig(
             # One metric for Tune to hand the scheduler; none with several objectives (ASHA has its own then).
             metric=None if spec.multi_objective else spec.metric.name,
@@ -266,7 +284,7 @@ def build_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
             num_samples=spec.searcher.num_samples,
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
-            reuse_actors=reuse_actors(plan),
+            reuse_actors=reuse_actors(plan, replay is not None),
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR, storage_path=sweep_storage(storage_path, spec.name), callbacks=with_loggers(callbacks),
@@ -293,7 +311,8 @@ def accept_former_module_names() -> None:
 
 
 def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: list,
-                  stop: Optional[tune.Stopper] = None, target=None) -> tune.Tuner:
+                  stop: Optional[tune.Stopper] = None, target=None,
+                  replay: Optional[ReplayTable] = None) -> tune.Tuner:
     """Continue an interrupted or failed sweep: unfinished trials resume from their checkpoints, finished and
     ASHA-stopped ones are kept, and the searcher's state (Optuna study) is restored. Errored trials run again
     from their last checkpoint: one that failed because of something since fixed (data, a crash budget spent)
@@ -301,7 +320,8 @@ def restore_tuner(spec: SweepSpec, plan: Plan, storage_path: str, callbacks: lis
     _tolerate_deleted_checkpoints()
     no_retry_for_permanent_errors()
     accept_former_module_names()
-    tuner = tune.Tuner.restore(experiment_path(storage_path, spec.name), trainable=_trainable(spec, plan, storage_path),
+    tuner = tune.Tuner.restore(experiment_path(storage_path, spec.name),
+                               trainable=_trainable(spec, plan, storage_path, replay),
                                resume_unfinished=True, resume_errored=True)
     # The restored run config carries pickled copies of our callbacks and stopper; use fresh ones (private API,
     # checked against ray 2.60: TunerInternal.get_run_config() returns the RunConfig that fit() hands to Tune).

@@ -1,0 +1,93 @@
+"""The learning-curve table for replayed sweeps (``ternsearch sweep FILE --replay TABLE``): one CSV row per
+(trial, epoch) of the complete trials of one or more recorded sweeps.
+
+Columns: ``trial_id``, the sweep's searched parameters (named as the spec's ``search:`` keys; a conditional
+parameter a trial did not use is an empty cell), ``epoch``, ``val_acc``, ``val_loss``, ``train_loss``,
+``epoch_seconds``. Only complete trials are kept: status ``completed`` in trials.json and every epoch 1..N of
+the sweep's ``train.epochs`` in history.jsonl (read as the sweep's own readers do: one row per epoch, so an
+epoch a restarted trial reported again counts once). Several RESULTS (e.g. more random-search seeds of the same
+spec) are concatenated; they must search the same parameters for the same number of epochs.
+
+    python benchmarks/replay_table.py ~/ternsearch-results/curves-cpu -o benchmarks/data/curves-cpu.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from ternsearch.errors import TernsearchError
+from ternsearch.results.files import read_history, read_sweep, read_trials
+
+METRICS = ("val_acc", "val_loss", "train_loss", "epoch_seconds")
+
+
+def _epochs(meta: dict, where: Path) -> int:
+    epochs = (meta.get("base") or {}).get("train", {}).get("epochs")
+    if "epochs" in meta.get("params", []) or not isinstance(epochs, int):
+        sys.exit(f"{where}: the table needs one fixed train.epochs (this sweep searches or lacks it)")
+    return epochs
+
+
+def complete_curves(results: Path) -> tuple[list[str], int, dict[str, tuple[dict, list[dict]]]]:
+    """``(searched parameter names, epochs, {trial_id: (config, rows of epochs 1..N)})`` of one sweep's complete
+    trials, in the order the trials started."""
+    meta = read_sweep(results)
+    params, epochs = list(meta["params"]), _epochs(meta, results)
+    trials = read_trials(results)
+    by_trial: dict[str, dict[int, dict]] = {}
+    for row in read_history(results, strict=False):
+        by_trial.setdefault(row.get("trial_id"), {})[int(row["epoch"])] = row
+    curves = {}
+    for tid, entry in sorted(trials.items(), key=lambda kv: kv[1].get("number", 0)):
+        rows = by_trial.get(tid, {})
+        if entry.get("status") != "completed" or any(e not in rows for e in range(1, epochs + 1)):
+            continue
+        if any(not isinstance(rows[e].get(m), (int, float)) for e in rows for m in METRICS):
+            continue
+        curves[tid] = (entry["config"], [rows[e] for e in range(1, epochs + 1)])
+    return params, epochs, curves
+
+
+def write_table(sources: list[Path], output: Path) -> tuple[int, int]:
+    """Write the table of ``sources`` to ``output``; returns (trials, rows)."""
+    columns, epochs, seen, out_rows = None, None, set(), []
+    for results in sources:
+        params, n, curves = complete_curves(results)
+        if columns is None:
+            columns, epochs = params, n
+        elif (params, n) != (columns, epochs):
+            sys.exit(f"{results}: searches {params} for {n} epochs, unlike {sources[0]} ({columns}, {epochs} "
+                     "epochs): a table holds one space")
+        for tid, (config, rows) in curves.items():
+            if tid in seen:
+                sys.exit(f"{results}: trial id {tid} is already in the table (the same results twice?)")
+            seen.add(tid)
+            for row in rows:
+                out_rows.append([tid, *("" if config.get(p) is None else config[p] for p in columns),
+                                 row["epoch"], *(row[m] for m in METRICS)])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["trial_id", *(columns or []), "epoch", *METRICS])
+        writer.writerows(out_rows)
+    return len(seen), len(out_rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", nargs="+", type=Path, help="results directories of recorded sweeps")
+    ap.add_argument("-o", "--output", type=Path, required=True, help="the CSV to write")
+    a = ap.parse_args()
+    try:
+        trials, rows = write_table(a.results, a.output)
+    except TernsearchError as exc:
+        sys.exit(str(exc))
+    print(f"{a.output}: {trials} complete trials, {rows} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
