@@ -185,7 +185,8 @@ def target_lines(curves: dict[str, list[list[float]]], budget: int, walls: dict[
     if shipped:
         med = statistics.median(shipped)
         lines.append(f"  a replayed 12-trial sweep (TPE + ASHA as shipped, in-process, Ray already up) took median "
-                     f"{med:.1f} s, max {max(shipped):.1f} s (target < 30 s: {'met' if max(shipped) < 30 else 'MISSED'})")
+                     f"{med:.1f} s, max {max(shipped):.1f} s "
+                     f"(target < 30 s: {'met' if max(shipped) < 30 else 'MISSED'})")
     return lines
 
 

@@ -207,4 +207,5 @@ def test_searcher_settings_reach_the_sampler():
     tpe = make_sampler("tpe", params, 1, 36)
     assert (tpe._multivariate, tpe._group, tpe._constant_liar, tpe._n_startup_trials) == (True, True, True, 9)
     plain = make_sampler("tpe", params, 1, 36, multivariate=False, constant_liar=False, n_startup_trials=3)
-    assert (plain._multivariate, plain._group, plain._constant_liar, plain._n_startup_trials) == (False, False, False, 3)
+    settings = (plain._multivariate, plain._group, plain._constant_liar, plain._n_startup_trials)
+    assert settings == (False, False, False, 3)

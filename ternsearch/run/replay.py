@@ -87,7 +87,8 @@ def check_replay_resume(results_dir: Path, meta: dict, replay: Optional[str]) ->
     """``--resume`` goes on as the sweep started: replaying the same table (sweep.json's ``replay``), or training."""
     before = meta.get("replay")
     if before and not replay:
-        raise ResultsError(f"{results_dir}: this sweep replays {before} (resume it with --replay {shlex.quote(before)})")
+        raise ResultsError(f"{results_dir}: this sweep replays {before} "
+                           f"(resume it with --replay {shlex.quote(before)})")
     if replay and not before:
         raise _error(replay, f"{results_dir} is a sweep that trains (resume it without --replay)")
     if replay and Path(replay).resolve() != Path(before):
