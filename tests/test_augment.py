@@ -155,7 +155,8 @@ def test_cutmix_mixup_picks_one_of_the_two_per_batch(batch):
             assert torch.allclose(own[differ], own[differ][0].expand(int(differ.sum())))
             if pasted.all():  # CutMix: one box pasted in every image; outside it (a share lam) the image's own
                 share = (out == plain).float().mean(dim=(1, 2, 3))  # (pasted pixels may equal the own ones)
-                assert (share >= own - 1e-6)[differ].all() and share.min().item() == pytest.approx(own[differ][0].item(), abs=0.01)
+                lam = own[differ][0].item()
+                assert (share >= own - 1e-6)[differ].all() and share.min().item() == pytest.approx(lam, abs=0.01)
                 picks.append("cutmix")
             else:  # MixUp: out = lam x + (1 - lam) rolled, for one lam; the own label weighs lam
                 lam = own[differ][0].item()

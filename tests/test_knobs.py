@@ -54,7 +54,8 @@ def test_ternary_group_lr_is_lr_times_ratio_at_every_step(schedule, warmup, extr
         if (step + 1) % STEPS == 0:
             optim.epoch_end(schedule_, 0.5)
     # onecycle's peak falls between two steps (pct_start x total steps is not a whole number)
-    assert max(seen) <= 0.2 * (1 + 1e-12) and max(seen) == pytest.approx(0.2, rel=0.01 if schedule == "onecycle" else 1e-9)
+    peak_rel = 0.01 if schedule == "onecycle" else 1e-9
+    assert max(seen) <= 0.2 * (1 + 1e-12) and max(seen) == pytest.approx(0.2, rel=peak_rel)
     assert len({round(v, 12) for v in seen}) > 2 or (schedule == "none" and not warmup)  # it does move
 
 
@@ -184,3 +185,18 @@ def test_grad_clip_bounds_the_norm_of_every_step(data_root):
     assert len(norms[0.05]) == len(norms[None]) == 4
     assert max(norms[0.05]) <= 0.05 * (1 + 1e-4)
     assert min(norms[None]) > 0.05 and all(math.isfinite(n) for n in norms[None])
+
+
+@pytest.mark.parametrize("epochs,steps,warmup", [(2, 2, 0), (2, 1, 1), (1, 1, 0), (4, 1, 1)])
+def test_onecycle_on_a_handful_of_steps(epochs, steps, warmup):
+    """25% of 4 steps, or a warm-up of one step, put OneCycleLR's peak at step 0, where it divided by zero: the
+    warm-up takes 2 steps (or all but the last) and every step's LR is finite and at most lr."""
+    params = TrainParams(epochs=epochs, lr=0.2, schedule="onecycle", warmup_epochs=warmup)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.2, momentum=0.9)
+    schedule = optim.build_schedule(opt, params, steps)
+    seen = []
+    for _ in range(epochs * steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert all(math.isfinite(v) and 0 < v <= 0.2 * (1 + 1e-12) for v in seen)

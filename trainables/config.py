@@ -244,7 +244,14 @@ class TrainConfig(_Strict):
 
         The result is validated again, so a bad value is an error here and never reaches the loop.
         """
-        raw = self.model_dump()
+        return TrainConfig.from_base(self.model_dump(), flat)
+
+    @staticmethod
+    def from_base(base: dict, flat: dict) -> "TrainConfig":
+        """``base`` (a dumped config) with ``flat`` applied as ``with_overrides`` does, validated once, after: a
+        sweep's base config may break a rule across sections until its searched values replace some of it (the
+        default batch_size 128 on a split of 50 images, with batch_size searched)."""
+        raw = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
         for key, value in flat.items():
             section, _, leaf = key.rpartition(".")
             section = section or "train"

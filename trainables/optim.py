@@ -131,9 +131,15 @@ class CosineToFloor:
 
 
 def onecycle_pct(warm: float, total: int) -> float:
-    """One-cycle's ``pct_start`` for ``warm`` warm-up steps of ``total`` (25% without a warm-up)."""
+    """One-cycle's ``pct_start`` for ``warm`` warm-up steps of ``total`` (25% without a warm-up).
+
+    OneCycleLR peaks at step ``pct_start * total - 1``; at 0 (a warm-up of one step, or 25% of 4 steps) its first
+    phase has no length and it divides by zero, so such a warm-up takes 2 steps: the peak at step 1.
+    """
     pct = warm / total if warm else 0.25
-    return min(max(pct, 1.0 / total), 0.99)
+    if pct * total <= 1:
+        pct = 2.0 / total
+    return min(pct, 0.99)
 
 
 class PlateauSchedule:
