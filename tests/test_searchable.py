@@ -154,7 +154,7 @@ KEYS = {
     "model.init": ({"choice": ["checkpoint"]}, {}, {"init_from": "TEACHER"},
                    lambda s, v: not torch.equal(s.t.model.stem.weight.contiguous(), _init(s.cfg.train.seed))),
     "data.val_fraction": ({"uniform": [0.3, 0.4]}, {}, {},
-                          lambda s, v: s.t.val_x.shape[0] == round(v * 40) and s.t.train_x.shape[0] == 40 - round(v * 40)),
+                          lambda s, v: (len(s.t.val_x), len(s.t.train_x)) == (round(v * 40), 40 - round(v * 40))),
     "data.subset": ({"choice": [60]}, {}, {}, lambda s, v: s.t.train_x.shape[0] + s.t.val_x.shape[0] == v),
 }
 
