@@ -99,7 +99,7 @@ def test_every_policy_shapes_and_dtypes(batch, policy):
     out, target = BatchAugment(TrainParams(augment=policy))(x, y, _gen())
     assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert torch.equal(x, before)  # the input (a view of the cached dataset) is never modified
-    if policy in ("cutmix", "mixup"):
+    if policy in ("cutmix", "mixup", "cutmix_mixup"):
         assert target.shape == (64, 10) and target.dtype == torch.float32
         assert torch.allclose(target.sum(1), torch.ones(64)) and (target >= 0).all()
         assert not torch.equal(target, torch.nn.functional.one_hot(y, 10).float())  # actually mixed (a.s.)
@@ -125,7 +125,7 @@ def test_per_image_policies_output_normalized_uint8_values(batch, policy):
 def test_v2_policies_are_reproducible_through_the_global_rng(batch):
     x, y = batch
     threads = torch.get_num_threads()
-    for policy in ("cutmix", "mixup", "randaugment"):
+    for policy in ("cutmix", "mixup", "cutmix_mixup", "randaugment"):
         aug = BatchAugment(TrainParams(augment=policy))
         torch.manual_seed(3)
         a = aug(x, y, _gen(1))
@@ -133,6 +133,43 @@ def test_v2_policies_are_reproducible_through_the_global_rng(batch):
         b = aug(x, y, _gen(1))
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), policy
     assert torch.get_num_threads() == threads  # the per-image loop's single-thread section is restored
+
+
+def test_cutmix_mixup_picks_one_of_the_two_per_batch(batch):
+    """Over a few seeded batches both are taken: a CutMix batch has every pixel from the image or from its
+    neighbour (a pasted box), a MixUp batch blends them; the labels are soft, sum to 1 and weigh the two images as
+    the pixels do. The same global seed picks the same sequence again."""
+    x, y = batch
+    aug = BatchAugment(TrainParams(augment="cutmix_mixup", mixup_alpha=1.0), channels_last=False)
+    picks = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        for b in range(8):
+            out, target = aug(x, y, _gen(b))
+            plain = normalize(random_crop_flip(x, _gen(b)))
+            rolled = plain.roll(1, 0)  # v2 CutMix and MixUp pair each image with the previous one
+            assert target.shape == (64, 10) and torch.allclose(target.sum(1), torch.ones(64))
+            own = target.gather(1, y.view(-1, 1)).squeeze(1)  # the label weight of each image's own class
+            pasted = (out == plain) | (out == rolled)
+            differ = y != y.roll(1, 0)  # where the two labels differ, the own weight is lam, one for the batch
+            assert torch.allclose(own[differ], own[differ][0].expand(int(differ.sum())))
+            if pasted.all():  # CutMix: one box pasted in every image; outside it (a share lam) the image's own
+                share = (out == plain).float().mean(dim=(1, 2, 3))  # (pasted pixels may equal the own ones)
+                lam = own[differ][0].item()
+                assert (share >= own - 1e-6)[differ].all() and share.min().item() == pytest.approx(lam, abs=0.01)
+                picks.append("cutmix")
+            else:  # MixUp: out = lam x + (1 - lam) rolled, for one lam; the own label weighs lam
+                lam = own[differ][0].item()
+                assert torch.allclose(out, lam * plain + (1 - lam) * rolled, atol=1e-4)
+                picks.append("mixup")
+    assert set(picks) == {"cutmix", "mixup"}
+    torch.manual_seed(0)
+    again = []
+    for b in range(8):
+        out, _ = aug(x, y, _gen(b))
+        plain = normalize(random_crop_flip(x, _gen(b)))
+        again.append("cutmix" if ((out == plain) | (out == plain.roll(1, 0))).all() else "mixup")
+    assert again == picks[:8]
 
 
 def test_channels_last_and_input_checks(batch):
@@ -146,6 +183,6 @@ def test_channels_last_and_input_checks(batch):
 
 
 def test_augment_is_per_image():
-    assert [augment_is_per_image(a) for a in AUGMENTS] == [False, False, False, False, True, True]
+    assert [augment_is_per_image(a) for a in AUGMENTS] == [False, False, False, False, True, True, False]
     with pytest.raises(ValueError):
         augment_is_per_image("cutout")

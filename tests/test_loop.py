@@ -54,6 +54,34 @@ def test_resume_is_exact(tmp_path, data_root, augment, quantizer, schedule, ramp
                schedule=schedule, warmup_epochs=1,
                label_smoothing=0.1, early_stop_patience=5, plateau_patience=0, quantize_from_epoch=2 if ramp else 1,
                ramp_epochs=ramp, precision="fp16" if fp16 else "auto")
+    _assert_resumes_exactly(tmp_path, cfg)
+
+
+# bf16 autocast (no GradScaler), the step schedule, Adam and AdamW, cosine to min_lr after a warm-up, and
+# CutMix-or-MixUp: each a full run, and interrupted after epoch 2 and resumed, end alike.
+MORE = {"bf16": dict(precision="bf16"),
+        "step-adamw": dict(schedule="step", step_every=1, optimizer="adamw", lr=0.005),
+        "step-adam": dict(schedule="step", step_every=2, step_gamma=0.5, optimizer="adam", lr=0.005),
+        "cosine-min_lr": dict(schedule="cosine", warmup_epochs=1, min_lr=0.01, ternary_lr_ratio=0.5),
+        "cutmix_mixup": dict(augment="cutmix_mixup")}
+
+
+@pytest.mark.parametrize("name", sorted(MORE))
+def test_resume_is_exact_for(tmp_path, data_root, name):
+    straight = _assert_resumes_exactly(tmp_path, _cfg(subset=320, **MORE[name]))
+    last = straight.metrics[-1]
+    assert math.isfinite(last["train_loss"])
+    _, manifest = load_checkpoint(straight.ckpts[-1])
+    assert manifest["precision"] == ("bf16" if name == "bf16" else "fp32")
+    if name == "cosine-min_lr":  # the last epoch ends on the floor: min_lr, and min_lr x ternary_lr_ratio
+        assert last["lr"] == pytest.approx(0.01) and last["ternary_lr"] == pytest.approx(0.005)
+    if name.startswith("step"):  # StepLR drops by step_gamma every step_every epochs
+        drops = 3 // MORE[name]["step_every"]
+        assert last["lr"] == pytest.approx(0.005 * MORE[name].get("step_gamma", 0.1) ** drops)
+
+
+def _assert_resumes_exactly(tmp_path, cfg: TrainConfig) -> "_Keep":
+    """Run ``cfg`` straight, and interrupted after epoch 2 then resumed: the same last metrics and weights."""
     straight = _Keep(tmp_path / "a")
     run(cfg, straight)
     first = _Keep(tmp_path / "b")
@@ -68,6 +96,7 @@ def test_resume_is_exact(tmp_path, data_root, augment, quantizer, schedule, ramp
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["early_stop"] == b["early_stop"]
+    return straight
 
 
 class _StopAfter:

@@ -8,6 +8,8 @@ batch of it and calls :class:`BatchAugment`, which returns normalized float32 im
   ``gather`` with per-image offsets; no per-image Python loop), then normalize.
 - ``cutmix`` / ``mixup``: ``standard``, then torchvision's v2 ``CutMix`` / ``MixUp`` on the whole normalized
   batch; targets become soft float rows ``[B, num_classes]`` that sum to 1.
+- ``cutmix_mixup``: ``standard``, then CutMix or MixUp, one of the two picked per batch with equal odds (v2
+  ``RandomChoice``, as torchvision's CutMix/MixUp guide does); RandomChoice's pick also comes from the global RNG.
 - ``autoaugment`` / ``randaugment``: ``standard`` crop/flip, then v2 ``AutoAugment`` (CIFAR-10 policy) /
   ``RandAugment`` **per image** on uint8 (a batched call would apply one random op to the whole batch), then
   normalize. These are ~100x slower than the batched policies; :func:`augment_is_per_image` lets a caller move
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 PER_IMAGE_AUGMENTS = ("autoaugment", "randaugment")
-_SOFT_TARGET_AUGMENTS = ("cutmix", "mixup")
+_SOFT_TARGET_AUGMENTS = ("cutmix", "mixup", "cutmix_mixup")
 
 
 def augment_is_per_image(name: str) -> bool:
@@ -211,6 +213,9 @@ class BatchAugment:
             self._batch_mix = v2.CutMix(alpha=params.cutmix_alpha, num_classes=self.num_classes)
         elif self.policy == "mixup":
             self._batch_mix = v2.MixUp(alpha=params.mixup_alpha, num_classes=self.num_classes)
+        elif self.policy == "cutmix_mixup":  # RandomChoice draws its pick from the global RNG, seeded per epoch
+            self._batch_mix = v2.RandomChoice([v2.CutMix(alpha=params.cutmix_alpha, num_classes=self.num_classes),
+                                               v2.MixUp(alpha=params.mixup_alpha, num_classes=self.num_classes)])
         elif self.policy == "autoaugment":
             self.per_image_transform = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
         elif self.policy == "randaugment":

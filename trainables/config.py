@@ -32,7 +32,7 @@ __all__ = [
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "cosine_restarts", "cyclic", "plateau", "none")
-AUGMENTS = ("none", "standard", "cutmix", "mixup", "autoaugment", "randaugment")
+AUGMENTS = ("none", "standard", "cutmix", "mixup", "autoaugment", "randaugment", "cutmix_mixup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZERS = ("twn", "ttq", "none")
 
@@ -158,6 +158,8 @@ class TrainParams(_Strict):
     ternary_lr_ratio: float = Field(1.0, gt=0.0, le=1000.0)
     schedule: Literal[SCHEDULES] = "cosine"  # type: ignore[valid-type]
     warmup_epochs: int = Field(0, ge=0)
+    # cosine: the LR it anneals to on the last step (the ternary group's: min_lr * ternary_lr_ratio); must be < lr
+    min_lr: float = Field(0.0, ge=0.0, le=100.0)
     step_every: Optional[int] = Field(None, ge=1)
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)
     # step: the epochs after which the lr is multiplied by step_gamma (torch's MultiStepLR; e.g. [82, 123] for the
@@ -210,6 +212,8 @@ class TrainParams(_Strict):
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})"
             )
+        if self.min_lr >= self.lr and self.min_lr > 0:
+            raise ValueError(f"min_lr ({self.min_lr}) must be smaller than lr ({self.lr})")
         if self.distill_weight > 0 and not self.distill_from:
             raise ValueError("distill_weight > 0 needs distill_from (the full-precision teacher: a checkpoint or "
                              "`ternsearch train` run directory, or an MLflow model URI)")
@@ -250,7 +254,14 @@ class TrainConfig(_Strict):
 
         The result is validated again, so a bad value is an error here and never reaches the loop.
         """
-        raw = self.model_dump()
+        return TrainConfig.from_base(self.model_dump(), flat)
+
+    @staticmethod
+    def from_base(base: dict, flat: dict) -> "TrainConfig":
+        """``base`` (a dumped config) with ``flat`` applied as ``with_overrides`` does, validated once, after: a
+        sweep's base config may break a rule across sections until its searched values replace some of it (the
+        default batch_size 128 on a split of 50 images, with batch_size searched)."""
+        raw = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
         for key, value in flat.items():
             section, _, leaf = key.rpartition(".")
             section = section or "train"

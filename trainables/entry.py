@@ -79,7 +79,8 @@ def trial_device(setup: TrialSetup, train_worker: bool = False):
 
 
 def _config(config: dict, setup: TrialSetup) -> TrainConfig:
-    return TrainConfig.model_validate(setup.base).with_overrides(config)
+    # Validated once the searched values are in: the base alone may break a rule they mend (spec.base_config).
+    return TrainConfig.from_base(setup.base, config)
 
 
 def worst_value(metric: str, mode: str) -> float:

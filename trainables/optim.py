@@ -10,7 +10,7 @@ from torch import nn
 
 from trainables.config import TrainParams
 
-__all__ = ["build_optimizer", "build_schedule", "onecycle_pct", "param_groups"]
+__all__ = ["CosineToFloor", "build_optimizer", "build_schedule", "onecycle_pct", "param_groups"]
 
 
 def param_groups(model: nn.Module, params: TrainParams, latent: list[nn.Parameter]) -> list[dict]:
@@ -83,7 +83,11 @@ def build_schedule(
             cycle_momentum=params.optimizer == "sgd" and params.momentum > 0,
         )
     main_steps = max(total - warm, 1)
-    if params.schedule == "cosine":
+    if params.schedule == "cosine" and params.min_lr > 0:
+        # One factor for every group (LambdaLR), so the ternary group anneals to min_lr * ternary_lr_ratio and
+        # keeps its ratio at every step; CosineAnnealingLR's eta_min is one LR for all groups.
+        main = sched.LambdaLR(optimizer, CosineToFloor(main_steps, params.min_lr / params.lr))
+    elif params.schedule == "cosine":
         main = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
     elif params.schedule == "step" and params.step_milestones:  # epochs counted from the run's start
         main = sched.MultiStepLR(optimizer, milestones=[max(m * steps_per_epoch - warm, 1)
@@ -112,10 +116,30 @@ def build_schedule(
     return sched.SequentialLR(optimizer, [warmup, main], milestones=[warm])
 
 
+class CosineToFloor:
+    """LambdaLR's factor of a cosine anneal from 1 to ``floor`` over ``steps`` steps (then ``floor``).
+
+    A class, not a closure: LambdaLR's state_dict keeps a callable object's attributes, so a checkpoint holds it.
+    """
+
+    def __init__(self, steps: int, floor: float) -> None:
+        self.steps, self.floor = int(steps), float(floor)
+
+    def __call__(self, step: int) -> float:
+        done = min(step, self.steps) / self.steps
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 def onecycle_pct(warm: float, total: int) -> float:
-    """One-cycle's ``pct_start`` for ``warm`` warm-up steps of ``total`` (25% without a warm-up)."""
+    """One-cycle's ``pct_start`` for ``warm`` warm-up steps of ``total`` (25% without a warm-up).
+
+    OneCycleLR peaks at step ``pct_start * total - 1``; at 0 (a warm-up of one step, or 25% of 4 steps) its first
+    phase has no length and it divides by zero, so such a warm-up takes 2 steps: the peak at step 1.
+    """
     pct = warm / total if warm else 0.25
-    return min(max(pct, 1.0 / total), 0.99)
+    if pct * total <= 1:
+        pct = 2.0 / total
+    return min(pct, 0.99)
 
 
 class PlateauSchedule:

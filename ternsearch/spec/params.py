@@ -12,7 +12,8 @@ from ternsearch.spec.models import DIST_KINDS, Param
 from ternsearch.spec.yamlsrc import Located, did_you_mean, explain_first, show
 from trainables.config import DataConfig, ModelConfig, TrainConfig, TrainParams
 
-__all__ = ["EXAMPLE", "ConditionCycle", "ordered", "parse_param", "check_conditions", "check_values"]
+__all__ = ["EXAMPLE", "ConditionCycle", "ordered", "parse_param", "check_conditions", "check_values",
+           "searchable_keys"]
 
 _PARAM_KEYS = (*DIST_KINDS, "step", "log", "when")
 EXAMPLE = "e.g. lr: {loguniform: [0.01, 0.5]}"
@@ -57,6 +58,12 @@ def _searchable() -> dict[str, Any]:
     names.update({f"model.{k}": f.annotation for k, f in ModelConfig.model_fields.items()})
     names.update({f"data.{k}": DataConfig.model_fields[k].annotation for k in ("val_fraction", "subset")})
     return {k: v for k, v in names.items() if k not in _NOT_SEARCHABLE}
+
+
+def searchable_keys() -> tuple[str, ...]:
+    """Every key a ``search:`` section may name: the train keys, ``model.KEY`` and two data keys (not the list and
+    weight-source keys of ``_NOT_SEARCHABLE``). tests/test_searchable.py checks that each reaches the loop."""
+    return tuple(_searchable())
 
 
 def parse_param(loc: Located, name: str, raw: Any, fixed: set[str]) -> Param:
