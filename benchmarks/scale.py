@@ -274,7 +274,8 @@ def show(a, store: str, m: dict) -> dict:
         print(f"  driver said: {w[:200]}")
     running = sum(c for (_, s), c in ml["runs"].items() if s == "RUNNING")
     met = {f">= {TARGETS['results_per_s']} results/s": rate >= TARGETS["results_per_s"],
-           f"driver RSS <= {TARGETS['driver_rss_gib']:g} GiB": m["driver_peak_rss"] <= TARGETS["driver_rss_gib"] * 2**30,
+           f"driver RSS <= {TARGETS['driver_rss_gib']:g} GiB":
+               m["driver_peak_rss"] <= TARGETS["driver_rss_gib"] * 2**30,
            "0 metrics lost": m["lost_values"] == 0 and not unwritten, "0 runs RUNNING": running == 0,
            f"report <= {TARGETS['report_s']} s": rep["seconds"] <= TARGETS["report_s"],
            f"report <= {TARGETS['report_mb']} MB": rep["html_bytes"] <= TARGETS["report_mb"] * 1e6,
