@@ -9,10 +9,10 @@ time (a torn last line left by a crash is cut off before the next append).
 
 trials.json is rewritten at once when a trial starts, ends (fails, is stopped, completes) or moves to
 trials_lost.json, and at the sweep's end; a result or a restart marks it stale, and a stale one is rewritten at
-most every ``SAVE_EVERY_S`` (at the next callback after that). Rewriting it whole on every result cost O(trials) per result: at 200 trials x 20
-epochs, 16 at once, a quarter of the driver's time (benchmarks/scale.py, py-spy). A killed driver may leave the last
-second of epoch counts and last metrics behind in trials.json (history.jsonl has every row; the resumed trial
-reports again), never a trial's end.
+most every ``SAVE_EVERY_S`` (at the next callback after that). Rewriting it whole on every result cost O(trials)
+per result: at 200 trials x 20 epochs, 16 at once, a quarter of the driver's time (benchmarks/scale.py, py-spy).
+A killed driver may leave the last second of epoch counts and last metrics behind in trials.json (history.jsonl
+has every row; the resumed trial reports again), never a trial's start or end.
 """
 
 from __future__ import annotations
