@@ -20,6 +20,11 @@ Defaults finish in about 10 minutes on 2 idle cores; tracking (MLflow) is off un
     TERNSEARCH_DATA=/path/to/data python benchmarks/search_efficiency.py
     python benchmarks/search_efficiency.py --trials 24 --epochs 9 --subset 10000 --seeds 0 1 2 --plot eff.html
     python benchmarks/search_efficiency.py --skip-sweeps            # Tune's bookkeeping rate only
+
+With ``--replay TABLE`` it compares searchers and schedulers on replayed learning curves instead (>= 20 seeds per
+method in minutes, no training): see benchmarks/replay_efficiency.py, which takes the rest of the arguments.
+
+    python benchmarks/search_efficiency.py --replay benchmarks/data/curves-cpu.csv --seeds 20 --plot eff.png
 """
 
 from __future__ import annotations
@@ -172,6 +177,11 @@ def plot(path: str, curves: list[tuple[str, list[float]]]) -> None:
 
 
 def main() -> None:
+    if any(arg == "--replay" or arg.startswith("--replay=") for arg in sys.argv[1:]):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from replay_efficiency import main as replay_main  # the replayed comparison has its own arguments
+
+        sys.exit(replay_main(sys.argv[1:]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=6, help="max epochs per trial (every random trial runs them)")

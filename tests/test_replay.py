@@ -190,3 +190,21 @@ def test_table_missing_a_column(tmp_path, drop, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"--replay {table}: {message}"), proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_searcher_settings_reach_the_sampler():
+    """The settings the replay benchmark compares (searcher.algorithm gp, n_startup_trials, multivariate,
+    constant_liar) are the samplers' own."""
+    import optuna  # Optuna: only for the tests of the samplers
+
+    from ternsearch.spec.models import Param
+    from ternsearch.spec.space import make_sampler
+
+    params = (Param("augment", "choice", choices=("standard", "mixup")),
+              Param("mixup_alpha", "uniform", low=0.1, high=1.0, when={"augment": ("mixup",)}))
+    gp = make_sampler("gp", params, 1, 36, n_startup_trials=5)
+    assert isinstance(gp, optuna.samplers.GPSampler) and gp._n_startup_trials == 5
+    tpe = make_sampler("tpe", params, 1, 36)
+    assert (tpe._multivariate, tpe._group, tpe._constant_liar, tpe._n_startup_trials) == (True, True, True, 9)
+    plain = make_sampler("tpe", params, 1, 36, multivariate=False, constant_liar=False, n_startup_trials=3)
+    assert (plain._multivariate, plain._group, plain._constant_liar, plain._n_startup_trials) == (False, False, False, 3)

@@ -203,7 +203,9 @@ def _trainable(spec: SweepSpec, plan: Plan, storage_path: str, replay: Optional[
 
 def _searcher_and_scheduler(spec: SweepSpec, plan: Plan, storage_path: Optional[str] = None, sweep_id: str = ""):
     """The searcher (its study in RESULTS/optuna.db; in memory without ``storage_path``) and the scheduler."""
-    sampler = make_sampler(spec.searcher.algorithm, spec.params, spec.searcher.seed, spec.searcher.num_samples)
+    s = spec.searcher
+    sampler = make_sampler(s.algorithm, spec.params, s.seed, s.num_samples, n_startup_trials=s.n_startup_trials,
+                           multivariate=s.multivariate, constant_liar=s.constant_liar)
     if spec.multi_objective:  # OptunaSearch takes lists: the study is multi-objective
         metric, mode = [m.name for m in spec.objectives], [m.mode for m in spec.objectives]
     else:

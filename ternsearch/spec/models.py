@@ -23,7 +23,7 @@ SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy, which takes 0 to 2**32 - 1
 
 
 class SearcherConfig(Strict):
-    algorithm: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    algorithm: Literal["tpe", "random", "grid", "nsga2", "gp"] = "tpe"
     seed: int = Field(0, ge=0, le=SEED_MAX)
     # Default 8; a grid searcher runs each point of its grid once, and without num_samples that many trials.
     num_samples: int = Field(8, ge=1, le=1_000_000)
@@ -36,6 +36,11 @@ class SearcherConfig(Strict):
     # searched parameters) to run first, in order.
     warm_start: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     points: list[dict[str, Any]] = Field(default_factory=list)
+    # TPE and GP: random trials before the model proposes (default min(10, max(2, num_samples // 4))); TPE: one
+    # joint density over the parameters (grouped when the space is conditional), running trials counted as pending.
+    n_startup_trials: Optional[int] = Field(None, ge=1, le=1_000_000)
+    multivariate: bool = True
+    constant_liar: bool = True
 
     @property
     def time_budget_s(self) -> Optional[float]:

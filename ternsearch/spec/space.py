@@ -56,9 +56,11 @@ def grid_size(params) -> int:
     return size
 
 
-def make_sampler(algorithm: str, params, seed: int, num_samples: int):
-    """TPE (multivariate, constant liar for parallel trials; multi-objective TPE when the study has several
-    objectives), NSGA-II, random, or grid; always seeded."""
+def make_sampler(algorithm: str, params, seed: int, num_samples: int, *, n_startup_trials: Optional[int] = None,
+                 multivariate: bool = True, constant_liar: bool = True):
+    """TPE (multivariate unless told otherwise, constant liar for parallel trials; multi-objective TPE when the study
+    has several objectives), a Gaussian process (GP: categorical keys included; conditional ones, outside the
+    space every trial shares, sampled at random), NSGA-II, random, or grid; always seeded."""
     # optuna takes ~1 s to import: only when a sweep builds its searcher, never when a spec loads
     import optuna
 
@@ -70,11 +72,14 @@ def make_sampler(algorithm: str, params, seed: int, num_samples: int):
         return optuna.samplers.GridSampler({p.name: list(p.choices) for p in params}, seed=seed)
     if algorithm == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, num_samples // 3)))
+    startup = n_startup_trials or min(10, max(2, num_samples // 4))
+    if algorithm == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
     conditional = any(p.when for p in params)
     return optuna.samplers.TPESampler(
         seed=seed,
-        multivariate=True,
-        group=conditional,  # multivariate TPE over conditional spaces needs group decomposition
-        constant_liar=True,  # running trials count as pending, so parallel proposals spread out
-        n_startup_trials=min(10, max(2, num_samples // 4)),
+        multivariate=multivariate,
+        group=multivariate and conditional,  # multivariate TPE over conditional spaces needs group decomposition
+        constant_liar=constant_liar,  # running trials count as pending, so parallel proposals spread out
+        n_startup_trials=startup,
     )
