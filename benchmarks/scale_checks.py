@@ -47,7 +47,9 @@ class Sampler(threading.Thread):
 
     def _sample(self) -> None:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), None)
+        if hwm is None:
+            raise OSError("the driver has exited (a zombie has no memory)")
         self.peak_rss = max(self.peak_rss, hwm * 1024.0)
         times = self.proc.cpu_times()
         self.cpu_s = times.user + times.system
