@@ -192,3 +192,17 @@ def test_the_pure_checks_accept_what_works():
         assert check_storage_path(path) is None, path
     for address in ("auto", "10.0.0.5:6379", "localhost:6379", "[::1]:6379", "head-node.example.com:1"):
         assert check_ray_address(address) is None, address
+
+
+def test_what_fuzzing_found_stays_fixed(tmp_path):
+    """A host name IDNA cannot encode is an unknown host (it was a thread's traceback); `ui`'s runs link reads the
+    store read-only without MLflow (opening it through MLflow created tables in a file that was no store yet)."""
+    from ternsearch.tracking.net import resolve
+    from ternsearch.tracking.ui import _experiment_id
+
+    with pytest.raises(socket.gaierror, match="is not a host name"):
+        resolve("\udcff", 5000, 5.0)
+    stand_in = tmp_path / "mlflow.db"
+    stand_in.write_bytes(b"SQLite format 3\x00 stand-in")
+    assert _experiment_id(stand_in, "x") is None and stand_in.read_bytes() == b"SQLite format 3\x00 stand-in"
+    assert _experiment_id(tmp_path / "missing.db", "x") is None and not (tmp_path / "missing.db").exists()

@@ -122,7 +122,8 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     storage_path = resolve_storage(spec, storage)
     results_dir = records_dir(spec.name, storage_path)
     table = load_replay(spec, replay) if replay else None
-    if resume and (results_dir / SWEEP).is_file():  # before the data check: a replayed sweep reads no data
+    # os.path.isfile, not Path.is_file: False for a name too long (the storage check then says what is wrong)
+    if resume and os.path.isfile(results_dir / SWEEP):  # before the data check: a replayed sweep reads no data
         check_replay_resume(results_dir, read_sweep(results_dir), replay)
     check_environment(spec, storage_path, address, storage, inputs=table is None)
     check_results(results_dir, spec.file, resume)

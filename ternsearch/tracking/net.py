@@ -25,6 +25,8 @@ def resolve(host: str, port: int, timeout: float, passive: bool = False) -> list
                                                 flags=socket.AI_PASSIVE if passive else 0)
         except OSError as exc:
             found["error"] = exc
+        except (UnicodeError, ValueError) as exc:  # a name IDNA cannot encode (lone surrogates, labels over 63)
+            found["error"] = socket.gaierror(f"{host!r} is not a host name ({exc})")
 
     thread = threading.Thread(target=run, name="ternsearch-resolve", daemon=True)
     thread.start()

@@ -6,10 +6,12 @@ address of the sweep experiment's runs table too, on the UI's model-training fac
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Optional
@@ -75,17 +77,17 @@ def server_argv(uri: str, host: str, port: int) -> list[str]:
             "--port", str(port), "--workers", "1"]
 
 
-def _experiment_id(uri: str, name: str) -> Optional[str]:
-    """The id of the experiment ``name`` in the store at ``uri``; None when it cannot be read there (the UI
-    still opens, on its home page)."""
-    # mlflow takes ~1 s to import: only once the store is known to exist, just before the server starts
-    from mlflow.tracking import MlflowClient
-
+def _experiment_id(db: Path, name: str) -> Optional[str]:
+    """The id of the live experiment ``name`` in the SQLite store ``db``; None when it cannot be read there (the
+    UI still opens, on its home page). Read-only and without MLflow: opening the store through MLflow's client
+    would create or migrate its tables (an INFO line on stderr, and a changed file, before the UI even starts)."""
     try:
-        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
-    except Exception:  # noqa: BLE001 - the link to the runs is a convenience
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=2)) as con:
+            row = con.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                              (name,)).fetchone()
+    except (sqlite3.Error, OSError, ValueError):  # not a store (yet), locked, unreadable: the link is a convenience
         return None
-    return exp.experiment_id if exp is not None else None
+    return str(row[0]) if row else None
 
 
 def ui_command(a) -> int:
@@ -108,7 +110,7 @@ def ui_command(a) -> int:
               "change the sweep's runs (MLflow has no login here)", file=sys.stderr)
     print(f"MLflow UI for sweep '{meta.get('name')}' (experiment '{experiment}'): {_url(a.host, port)}  "
           "(Ctrl-C stops it)", flush=True)
-    experiment_id = _experiment_id(f"sqlite:///{db.resolve()}", experiment)
+    experiment_id = _experiment_id(db, experiment)
     if experiment_id is not None:
         print(f"its runs: {_url(a.host, port)}/{ui_path(experiment_id)}", flush=True)
     env = dict(os.environ)
