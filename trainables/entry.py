@@ -23,7 +23,7 @@ import socket
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from trainables.config import TrainConfig
 from trainables.failures import (DivergedError, OutOfMemoryError, TrialFailure, as_permanent, cap_memory_from_env,
@@ -108,16 +108,25 @@ def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
     return None, None
 
 
+def _oom_retries(setup: TrialSetup) -> int:
+    """How often a trial retries an out-of-memory failure before it is the trial's result: once when it shares its
+    GPU with other trials (a fraction of one), where a neighbour's peak may have been the cause and the next try
+    can fit; never otherwise, where it would fail the same way. Function-mode trials only: a DDP rank's failure
+    ends its whole worker group (see ``_train``)."""
+    return 1 if setup.use_gpu and 0.0 < setup.gpus_per_worker < 1.0 and setup.mode == "function" else 0
+
+
 def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int,
-           events_dir: Optional[str] = None) -> None:
+           events_dir: Optional[str] = None, refind: Optional[Callable[[], list[str]]] = None) -> None:
     """Resume from the newest usable checkpoint and run the loop; a ``TrialFailure`` is reported, then raised.
 
     ``send(metrics, ckpt_dir)`` hands a result to Ray. A run that fails in a way a retry would repeat (it
     diverged, it ran out of memory) reports the worst metric value (so the searcher learns from it) with a
     marker checkpoint; a retried trial finds the marker and fails at once instead of failing again the slow way.
+    An out-of-memory failure on a shared GPU is first retried once in this process (``_oom_retries``), from the
+    newest checkpoint ``refind()`` lists (the ones this run saved), else from where it started.
     Rank 0 writes TensorBoard event files into ``events_dir`` (none without it).
     """
-    from trainables.checkpoint import save_checkpoint  # torch: in the trial only
     from trainables.loop import run  # torch: in the trial only
 
     path, manifest = _usable(candidates)
@@ -130,26 +139,56 @@ def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int,
         # Report the resumed epoch again from the checkpoint's own record: a driver killed after the trial
         # saved this checkpoint may never have recorded the epoch. Receivers keep one value per epoch.
         send(dict(manifest.get("metrics", {}), replayed=True), None)
-    try:
-        run(cfg, send, resume_from=path, device=trial_device(setup, train_worker=setup.mode != "function"),
-            events_dir=events_dir)
-    except TrialFailure as exc:
-        if setup.workers > 1 and isinstance(exc, OutOfMemoryError):
-            # One rank ran out: the others wait in a collective for it, so its report (a barrier across the
-            # ranks) would wait for them until the group's timeout. Raised at once, it ends the trial (Ray Train
-            # stops the worker group) with this rank's reason; the searcher is told only that the trial failed.
-            raise
-        diverged = isinstance(exc, DivergedError)
-        metrics = {"epoch": exc.epoch, "run_complete": True,
-                   **{name: worst_value(name, mode) for name, mode in setup.objectives}}
-        metrics.update({"diverged": True, "train_loss": exc.loss} if diverged else {"failed": exc.reason})
-        marker_manifest = {"epoch": exc.epoch, "reason": str(exc), "kind": type(exc).__name__}
-        marker_manifest.update({"diverged": True} if diverged else {"failed": exc.reason})
-        with tempfile.TemporaryDirectory(prefix="ternsearch-failed-") as marker:
-            if world_rank == 0:
-                save_checkpoint(marker, {}, marker_manifest)
-            send(metrics, marker if world_rank == 0 else None)
-        raise
+    retries = _oom_retries(setup)
+    device = trial_device(setup, train_worker=setup.mode != "function")
+    while True:
+        try:
+            run(cfg, send, resume_from=path, device=device, events_dir=events_dir)
+            return
+        except OutOfMemoryError as exc:
+            if retries == 0:
+                _fail(exc, setup, send, world_rank)
+            retries -= 1
+            reason = exc.reason
+        except TrialFailure as exc:
+            _fail(exc, setup, send, world_rank)
+        _free_memory(device)  # the failed run's tensors, which its exception's traceback held until here
+        if refind is not None:
+            path = _usable(refind())[0] or path
+        warnings.warn(f"{reason}; the GPU is shared with other trials, retrying once from "
+                      f"{'the last checkpoint' if path else 'the start'}")
+
+
+def _free_memory(device) -> None:
+    import gc
+
+    import torch  # in the trial only (see the module's docstring)
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _fail(exc: TrialFailure, setup: TrialSetup, send, world_rank: int) -> NoReturn:
+    """Record ``exc`` as the trial's result (see ``_train``) and raise it."""
+    from trainables.checkpoint import save_checkpoint  # torch: in the trial only
+
+    if setup.workers > 1 and isinstance(exc, OutOfMemoryError):
+        # One rank ran out: the others wait in a collective for it, so its report (a barrier across the
+        # ranks) would wait for them until the group's timeout. Raised at once, it ends the trial (Ray Train
+        # stops the worker group) with this rank's reason; the searcher is told only that the trial failed.
+        raise exc
+    diverged = isinstance(exc, DivergedError)
+    metrics = {"epoch": exc.epoch, "run_complete": True,
+               **{name: worst_value(name, mode) for name, mode in setup.objectives}}
+    metrics.update({"diverged": True, "train_loss": exc.loss} if diverged else {"failed": exc.reason})
+    marker_manifest = {"epoch": exc.epoch, "reason": str(exc), "kind": type(exc).__name__}
+    marker_manifest.update({"diverged": True} if diverged else {"failed": exc.reason})
+    with tempfile.TemporaryDirectory(prefix="ternsearch-failed-") as marker:
+        if world_rank == 0:
+            save_checkpoint(marker, {}, marker_manifest)
+        send(metrics, marker if world_rank == 0 else None)
+    raise exc
 
 
 def _newest_first(paths: list[str]) -> list[str]:
@@ -198,18 +237,21 @@ def _run_function_trial(config: dict, setup: TrialSetup) -> None:
 
     ckpt = tune.get_checkpoint()
     trial_id = tune.get_context().get_trial_id()
+
+    def stored() -> list[str]:  # the trial's checkpoints on local or shared-filesystem storage, newest first
+        trial_dir = Path(f"{setup.trial_dir_root}/trial_{trial_id}")
+        return _newest_first([str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()])
+
     if ckpt is None:
         # Tune records a trial's checkpoints in its experiment state every few seconds; a driver killed in
         # between restores the trial without its newest checkpoint. The checkpoints are on storage all the
         # same: look for them (local and shared filesystems).
-        trial_dir = Path(f"{setup.trial_dir_root}/trial_{trial_id}")
-        found = [str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()]
-        _train(cfg, setup, send, _newest_first(found), 0, trial_events_dir(setup, trial_id))
+        _train(cfg, setup, send, stored(), 0, trial_events_dir(setup, trial_id), refind=stored)
         return
     with ckpt.as_directory() as directory:
         # On local or shared-filesystem storage the directory is the stored checkpoint itself, and the
         # previous one (kept by CheckpointConfig.num_to_keep) lies beside it.
-        _train(cfg, setup, send, _siblings(directory), 0, trial_events_dir(setup, trial_id))
+        _train(cfg, setup, send, _siblings(directory), 0, trial_events_dir(setup, trial_id), refind=stored)
 
 
 def worker_fn(loop_config: dict) -> None:
