@@ -6,9 +6,13 @@ parameter a trial did not use is an empty cell), ``epoch``, ``val_acc``, ``val_l
 ``epoch_seconds``. Only complete trials are kept: status ``completed`` in trials.json and every epoch 1..N of
 the sweep's ``train.epochs`` in history.jsonl (read as the sweep's own readers do: one row per epoch, so an
 epoch a restarted trial reported again counts once). Several RESULTS (e.g. more random-search seeds of the same
-spec) are concatenated; they must search the same parameters for the same number of epochs.
+spec) are concatenated; they must search the same parameters for the same number of epochs. A source may also be
+a table this command wrote before (a ``.csv``): its rows are kept as they are, so a recording can be extended by a
+later one whose results directory is all that is at hand.
 
     python benchmarks/replay_table.py ~/ternsearch-results/curves-cpu -o benchmarks/data/curves-cpu.csv
+    python benchmarks/replay_table.py benchmarks/data/curves-cpu.csv /tmp/curves2/curves-cpu-2 \
+        -o benchmarks/data/curves-cpu.csv
 """
 
 from __future__ import annotations
@@ -51,11 +55,29 @@ def complete_curves(results: Path) -> tuple[list[str], int, dict[str, tuple[dict
     return params, epochs, curves
 
 
+def table_curves(table: Path) -> tuple[list[str], int, dict[str, tuple[dict, list[dict]]]]:
+    """``complete_curves`` of a table written by ``write_table``, its cells as the strings it holds."""
+    with table.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        if header[:1] != ["trial_id"] or "epoch" not in header:
+            sys.exit(f"{table}: not a replay table (no trial_id and epoch columns)")
+        params = header[1:header.index("epoch")]
+        curves: dict[str, tuple[dict, list[dict]]] = {}
+        for row in reader:
+            curves.setdefault(row["trial_id"], ({p: row[p] or None for p in params}, []))[1].append(row)
+    epochs = {len(rows) for _, rows in curves.values()}
+    if len(epochs) != 1:
+        sys.exit(f"{table}: its trials have {sorted(epochs)} epochs; a table holds one number")
+    return params, epochs.pop(), curves
+
+
 def write_table(sources: list[Path], output: Path) -> tuple[int, int]:
-    """Write the table of ``sources`` to ``output``; returns (trials, rows)."""
+    """Write the table of ``sources`` (results directories or earlier tables) to ``output``; returns (trials,
+    rows). ``output`` may be one of the sources: they are all read before it is written."""
     columns, epochs, seen, out_rows = None, None, set(), []
     for results in sources:
-        params, n, curves = complete_curves(results)
+        params, n, curves = table_curves(results) if results.suffix == ".csv" else complete_curves(results)
         if columns is None:
             columns, epochs = params, n
         elif (params, n) != (columns, epochs):
@@ -78,7 +100,8 @@ def write_table(sources: list[Path], output: Path) -> tuple[int, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", nargs="+", type=Path, help="results directories of recorded sweeps")
+    ap.add_argument("results", nargs="+", type=Path,
+                    help="results directories of recorded sweeps, or tables written before (.csv)")
     ap.add_argument("-o", "--output", type=Path, required=True, help="the CSV to write")
     a = ap.parse_args()
     try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -209,3 +211,17 @@ def test_searcher_settings_reach_the_sampler():
     plain = make_sampler("tpe", params, 1, 36, multivariate=False, constant_liar=False, n_startup_trials=3)
     settings = (plain._multivariate, plain._group, plain._constant_liar, plain._n_startup_trials)
     assert settings == (False, False, False, 3)
+
+
+def test_the_table_command_extends_a_table_it_wrote(tmp_path):
+    """benchmarks/replay_table.py takes an earlier table as a source: rows kept byte for byte, a second copy of the
+    same trials refused (the recording extended by a second random-search seed goes through this)."""
+    tool = ROOT / "benchmarks" / "replay_table.py"
+    out = tmp_path / "again.csv"
+    done = subprocess.run([sys.executable, str(tool), str(TABLE), "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == TABLE.read_bytes()
+    twice = subprocess.run([sys.executable, str(tool), str(TABLE), str(out), "-o", str(tmp_path / "x.csv")],
+                           capture_output=True, text=True)
+    assert twice.returncode == 1 and "is already in the table" in twice.stderr, twice.stderr
+    assert not (tmp_path / "x.csv").exists()
