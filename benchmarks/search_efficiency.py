@@ -21,6 +21,14 @@ Defaults finish in about 10 minutes on 2 idle cores; tracking (MLflow) is off un
     python benchmarks/search_efficiency.py --trials 24 --epochs 9 --subset 10000 --seeds 0 1 2 --plot eff.html
     python benchmarks/search_efficiency.py --skip-sweeps            # Tune's bookkeeping rate only
 
+With ``--shipped`` the sweeps are the replay table's instead (benchmarks/data/curves-cpu.yaml: the shipped CPU
+space, 8 epochs, a 7,000-image subset with 2,100 validation images) on another subset (``--split-seed``, 1 by
+default; the table's is 0): random search + FIFO with --trials trials against TPE + ASHA with the shipped spec's
+searcher and scheduler settings (search_spaces/cifar10-cpu.yaml) and 3x the trials, as the replayed comparison runs
+them. This is the real-training check of the defaults chosen on the replay (issue 19).
+
+    python benchmarks/search_efficiency.py --shipped --seeds 1 2 --skip-bookkeeping
+
 With ``--replay TABLE`` it compares searchers and schedulers on replayed learning curves instead (>= 20 seeds per
 method in minutes, no training): see benchmarks/replay_efficiency.py, which takes the rest of the arguments.
 
@@ -39,6 +47,9 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+TABLE_SPEC = REPO / "benchmarks" / "data" / "curves-cpu.yaml"
+SHIPPED = REPO / "search_spaces" / "cifar10-cpu.yaml"
 SPEC = """\
 name: {name}
 metric: {{name: val_acc, mode: max}}
@@ -67,11 +78,31 @@ def load() -> str:
     return f"load {one:.2f}/{five:.2f}/{fifteen:.2f}"
 
 
+def shipped_spec(name: str, a: argparse.Namespace, seed: int, asha: bool, storage: Path) -> str:
+    """The replay table's sweep on subset ``a.split_seed``; TPE + ASHA as the shipped spec sets them (``--shipped``)."""
+    import yaml  # both files are plain YAML; the sweep's own loader checks what is written from them
+
+    doc = yaml.safe_load(TABLE_SPEC.read_text())
+    shipped = yaml.safe_load(SHIPPED.read_text())
+    doc.update(name=name, data=dict(doc["data"], split_seed=a.split_seed), storage={"path": str(storage)},
+               tracking={"enabled": a.tracking}, resources=dict(doc["resources"], use_gpu=False))
+    if a.epochs_given:
+        doc["train"] = dict(doc["train"], epochs=a.epochs)
+    if asha:
+        doc["searcher"] = {**shipped["searcher"], "seed": seed, "num_samples": 3 * a.trials, "max_concurrent_trials": 2}
+        doc["scheduler"] = shipped["scheduler"]
+    else:
+        doc["searcher"] = {"algorithm": "random", "seed": seed, "num_samples": a.trials, "max_concurrent_trials": 2}
+        doc["scheduler"] = {"algorithm": "fifo"}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def run_sweep(tmp: Path, name: str, a: argparse.Namespace, seed: int, asha: bool) -> dict:
     scheduler = (f"{{algorithm: asha, grace_period: {a.grace}, reduction_factor: {a.reduction}}}" if asha
                  else "{algorithm: fifo}")
     spec = tmp / f"{name}.yaml"
-    spec.write_text(SPEC.format(name=name, subset=a.subset, epochs=a.epochs, searcher="tpe" if asha else "random",
+    spec.write_text(shipped_spec(name, a, seed, asha, tmp / "results") if a.shipped else
+                    SPEC.format(name=name, subset=a.subset, epochs=a.epochs, searcher="tpe" if asha else "random",
                                 seed=seed, trials=a.trials, scheduler=scheduler, storage=tmp / "results",
                                 tracking=str(a.tracking).lower()))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING_URI"))}
@@ -184,12 +215,15 @@ def main() -> None:
         sys.exit(replay_main(sys.argv[1:]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=6, help="max epochs per trial (every random trial runs them)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="max epochs per trial (every random trial runs them); default 6, the table's with --shipped")
     ap.add_argument("--subset", type=int, default=4000, help="images before the 10%% validation split")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="searcher seeds (one pair of sweeps each)")
     ap.add_argument("--grace", type=int, default=1, help="ASHA grace period (epochs)")
     ap.add_argument("--reduction", type=float, default=3.0, help="ASHA reduction factor")
     ap.add_argument("--tracking", action="store_true", help="keep MLflow tracking on (slower)")
+    ap.add_argument("--shipped", action="store_true", help="the replay table's sweep with the shipped defaults")
+    ap.add_argument("--split-seed", type=int, default=1, help="with --shipped: the subset's seed (the table's is 0)")
     ap.add_argument("--plot", metavar="PATH", help="write best-so-far val_acc vs epochs: a plotly HTML, or a PNG "
                     "when PATH ends in .png (needs kaleido and Chrome/Chromium)")
     ap.add_argument("--bk-trials", type=int, default=200)
@@ -198,15 +232,21 @@ def main() -> None:
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--skip-bookkeeping", action="store_true")
     a = ap.parse_args()
+    a.epochs_given = a.epochs is not None
+    a.epochs = a.epochs or 6
     print(f"machine: {os.cpu_count()} CPUs; {load()}")
     curves: list[tuple[str, list[float]]] = []
     ratios: list[float] = []
     if not a.skip_sweeps:
         if not os.environ.get("TERNSEARCH_DATA"):
             sys.exit("set TERNSEARCH_DATA to the folder holding cifar-10-batches-bin/")
-        print(f"{a.trials} trials x up to {a.epochs} epochs, tinynet (twn), CIFAR-10 subset {a.subset} "
-              f"({a.subset - round(0.1 * a.subset)} train / {round(0.1 * a.subset)} val), 1 CPU per trial; "
-              f"ASHA grace {a.grace}, reduction {a.reduction:g}")
+        if a.shipped:
+            print(f"{TABLE_SPEC.name} on split_seed {a.split_seed}: random + FIFO {a.trials} trials, TPE + ASHA "
+                  f"{3 * a.trials} trials, searcher and scheduler of {SHIPPED.name}")
+        else:
+            print(f"{a.trials} trials x up to {a.epochs} epochs, tinynet (twn), CIFAR-10 subset {a.subset} "
+                  f"({a.subset - round(0.1 * a.subset)} train / {round(0.1 * a.subset)} val), 1 CPU per trial; "
+                  f"ASHA grace {a.grace}, reduction {a.reduction:g}")
         for seed in a.seeds:
             with tempfile.TemporaryDirectory(prefix="ternsearch-bench-eff-") as d:
                 tmp = Path(d)
@@ -228,6 +268,9 @@ def main() -> None:
                 ratios.append(need / len(cr))
                 print(f"  ASHA+TPE reached random's best {target:.4f} after {need} epochs = {need / len(cr):.3f} "
                       f"of random's {len(cr)} (target <= 0.333)")
+            third = ca[min(len(ca), len(cr) // 3) - 1]
+            print(f"  ASHA+TPE's best after 1/3 of random's epochs ({len(cr) // 3}): {third:.4f} "
+                  f"({third - target:+.4f} against random's final best)")
             for tol in (0.01, 0.02):
                 near = epochs_to_reach(ca, target - tol)
                 print(f"  within {tol:.2f} of it after {near if near else 'never'}"
