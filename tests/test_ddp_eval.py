@@ -8,19 +8,14 @@ Both finish, and agree."""
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 
 import pytest
 import torch.multiprocessing as mp
 
+from helpers_cluster import free_ports
+
 GROUP_TIMEOUT_S = 60  # what a rank waits in a collective before it fails; Ray Train's default is 1800
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank(rank: int, port: int, results) -> None:
@@ -57,7 +52,7 @@ def _rank(rank: int, port: int, results) -> None:
 def test_ranks_with_an_empty_evaluation_shard_finish_and_agree(data_root):
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    port = _free_port()
+    port = free_ports(1)[0]
     procs = [ctx.Process(target=_rank, args=(r, port, results)) for r in range(2)]
     for p in procs:
         p.start()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,8 @@ import torch.multiprocessing as mp
 from trainables.config import TrainConfig
 from trainables.loop import run
 from trainables.setup import TrialSetup
+
+from helpers_cluster import free_ports
 
 
 def _setup(**fields) -> TrialSetup:
@@ -32,12 +33,6 @@ def _cfg(model: dict | None = None, subset: int = 200, **train) -> TrainConfig:
     return TrainConfig.model_validate(
         {"data": {"subset": subset, "val_fraction": 0.2}, "model": {"arch": "tinynet", **(model or {})},
          "train": base})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_rank(rank: int, world: int, port: int, cfg_json: dict, results) -> None:
@@ -61,7 +56,7 @@ def test_ttq_with_delayed_quantization_trains_under_ddp(data_root):
     cfg = _cfg({"quantizer": "ttq"}, quantize_from_epoch=2)
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    port = _free_port()
+    port = free_ports(1)[0]
     procs = [ctx.Process(target=_ddp_rank, args=(r, 2, port, cfg.model_dump(mode="json"), results))
              for r in range(2)]
     for p in procs:

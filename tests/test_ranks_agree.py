@@ -6,7 +6,6 @@ real CIFAR-10; the sweep test also runs real local Ray and a real SQLite MLflow 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from datetime import timedelta
 
@@ -15,17 +14,13 @@ import torch.multiprocessing as mp
 
 from trainables.failures import MEMORY_CAP_ENV, MEMORY_CAP_RANK_ENV
 
+from helpers_cluster import free_ports
+
 CFG = {"data": {"subset": 2500, "val_fraction": 0.2}, "model": {"arch": "tinynet"},
        "train": {"epochs": 1, "batch_size": 2000, "seed": 1, "threads": 1, "augment": "none"}}
 
 
 GROUP_TIMEOUT_S = 90  # what a rank waits in a collective before it fails; Ray Train's default is 1800
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank(rank: int, port: int, results) -> None:
@@ -54,7 +49,7 @@ def test_an_out_of_memory_error_on_rank_1_ends_every_rank_with_its_reason(data_r
     monkeypatch.setenv(MEMORY_CAP_RANK_ENV, "1")
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    port = _free_port()
+    port = free_ports(1)[0]
     procs = [ctx.Process(target=_rank, args=(r, port, results)) for r in range(2)]
     for p in procs:
         p.start()
