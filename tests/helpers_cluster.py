@@ -49,6 +49,23 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def run_ranks(target, *args, world: int = 2, join_s: float = 60) -> list[tuple]:
+    """Run ``target(rank, port, *args, results)`` in ``world`` spawned processes: the ranks of one process group
+    on a free 127.0.0.1 port. Returns the tuple each put on ``results``, sorted (each starts with its rank)."""
+    import torch.multiprocessing as mp  # torch: only for the tests that spawn ranks
+
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    port = free_ports(1)[0]
+    procs = [ctx.Process(target=target, args=(rank, port, *args, results)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    outcome = sorted(results.get() for _ in procs)
+    for proc in procs:
+        proc.join(join_s)
+    return outcome
+
+
 # ---------------------------------------------------------------------------------------------- processes
 
 def _stat(pid: int) -> Optional[tuple[int, int, int]]:

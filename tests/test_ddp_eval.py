@@ -11,9 +11,8 @@ import os
 from datetime import timedelta
 
 import pytest
-import torch.multiprocessing as mp
 
-from helpers_cluster import free_ports
+from helpers_cluster import run_ranks
 
 GROUP_TIMEOUT_S = 60  # what a rank waits in a collective before it fails; Ray Train's default is 1800
 
@@ -50,15 +49,7 @@ def _rank(rank: int, port: int, results) -> None:
 
 @pytest.mark.slow  # ~10 s: two spawned processes import torch and load the images
 def test_ranks_with_an_empty_evaluation_shard_finish_and_agree(data_root):
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
-    port = free_ports(1)[0]
-    procs = [ctx.Process(target=_rank, args=(r, port, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    outcome = sorted(results.get() for _ in procs)
-    for p in procs:
-        p.join(60)
+    outcome = run_ranks(_rank)
     assert [(rank, kind) for rank, kind, _, _ in outcome] == [(0, "ok"), (1, "ok")], outcome
     (_, _, one0, ten0), (_, _, one1, ten1) = outcome
     assert one0 == one1 and ten0 == ten1  # one all-reduced total on both ranks

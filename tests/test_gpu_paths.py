@@ -10,13 +10,12 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from trainables.config import TrainConfig
 from trainables.loop import run
 from trainables.setup import TrialSetup
 
-from helpers_cluster import free_ports
+from helpers_cluster import run_ranks
 
 
 def _setup(**fields) -> TrialSetup:
@@ -35,7 +34,7 @@ def _cfg(model: dict | None = None, subset: int = 200, **train) -> TrainConfig:
          "train": base})
 
 
-def _ddp_rank(rank: int, world: int, port: int, cfg_json: dict, results) -> None:
+def _ddp_rank(rank: int, port: int, world: int, cfg_json: dict, results) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -54,16 +53,7 @@ def test_ttq_with_delayed_quantization_trains_under_ddp(data_root):
     """Item 1: TTQ's scales are in the graph while the layers still train at full precision (epoch 1), so DDP,
     built without find_unused_parameters, gets a gradient for every parameter in every step."""
     cfg = _cfg({"quantizer": "ttq"}, quantize_from_epoch=2)
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
-    port = free_ports(1)[0]
-    procs = [ctx.Process(target=_ddp_rank, args=(r, 2, port, cfg.model_dump(mode="json"), results))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    outcome = sorted(results.get() for _ in procs)
-    for p in procs:
-        p.join(60)
+    outcome = run_ranks(_ddp_rank, 2, cfg.model_dump(mode="json"))
     assert outcome == [(0, "ok", 1.0, 2), (1, "ok", 1.0, 2)], outcome
 
 

@@ -10,11 +10,10 @@ import time
 from datetime import timedelta
 
 import pytest
-import torch.multiprocessing as mp
 
 from trainables.failures import MEMORY_CAP_ENV, MEMORY_CAP_RANK_ENV
 
-from helpers_cluster import free_ports
+from helpers_cluster import run_ranks
 
 CFG = {"data": {"subset": 2500, "val_fraction": 0.2}, "model": {"arch": "tinynet"},
        "train": {"epochs": 1, "batch_size": 2000, "seed": 1, "threads": 1, "augment": "none"}}
@@ -47,15 +46,7 @@ def _rank(rank: int, port: int, results) -> None:
 def test_an_out_of_memory_error_on_rank_1_ends_every_rank_with_its_reason(data_root, monkeypatch):
     monkeypatch.setenv(MEMORY_CAP_ENV, "300")
     monkeypatch.setenv(MEMORY_CAP_RANK_ENV, "1")
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
-    port = free_ports(1)[0]
-    procs = [ctx.Process(target=_rank, args=(r, port, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    outcome = sorted(results.get() for _ in procs)
-    for p in procs:
-        p.join(60)
+    outcome = run_ranks(_rank)
     assert [(rank, kind) for rank, kind, _, _ in outcome] == [(0, "OutOfMemoryError"), (1, "OutOfMemoryError")]
     assert outcome[0][2] == outcome[1][2], outcome  # rank 0 raises rank 1's error, reason and all
     assert outcome[1][2].startswith("out of memory in epoch 1 at train.batch_size=2000 on cpu, rank 1 of 2 ("), outcome
