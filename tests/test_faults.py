@@ -222,14 +222,14 @@ def _tiny_ckpt(path: Path, epoch: int) -> Path:
 
 
 def test_corrupted_latest_checkpoint_falls_back_with_warning(tmp_path):
-    from trainables.entry import _siblings, _usable
+    from trainables.attempt import siblings, usable
 
     old = _tiny_ckpt(tmp_path / "checkpoint_000001", 1)
     new = _tiny_ckpt(tmp_path / "checkpoint_000002", 2)
     state = new / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
     with pytest.warns(UserWarning, match="checksum mismatch"):
-        path, manifest = _usable(_siblings(str(new)))
+        path, manifest = usable(siblings(str(new)))
     assert path == str(old) and manifest["epoch"] == 1
 
 

@@ -20,14 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Optional
 
+from trainables.attempt import newest_first, run_attempt, siblings
 from trainables.config import TrainConfig
-from trainables.failures import (DivergedError, OutOfMemoryError, TrialFailure, as_permanent, cap_memory_from_env,
-                                 find_permanent)
+from trainables.failures import as_permanent, cap_memory_from_env, find_permanent
 from trainables.setup import TrialSetup
 
 __all__ = ["train_driver_fn", "trial_device", "trial_events_dir", "worker_fn"]
@@ -83,135 +81,11 @@ def _config(config: dict, setup: TrialSetup) -> TrainConfig:
     return TrainConfig.from_base(setup.base, config)
 
 
-def worst_value(metric: str, mode: str) -> float:
-    """What a diverged trial reports for the metric, so the searcher counts it as a bad result."""
-    if mode == "max":
-        return 0.0
-    return 1.0 if metric.endswith(("_acc", "_frac")) else 1e6
-
-
-def _usable(paths: list[str]) -> tuple[Optional[str], Optional[dict]]:
-    """The newest usable checkpoint of ``paths`` (newest first), skipping corrupted ones with a warning.
-
-    Returns ``(path, manifest)``; a failure marker is returned as it is (its manifest says so).
-    """
-    from trainables.checkpoint import CheckpointError, load_checkpoint, read_manifest  # torch: in the trial only
-
-    for path in paths:
-        try:
-            manifest = read_manifest(path)
-            if not (manifest.get("diverged") or manifest.get("failed")):
-                load_checkpoint(path)
-            return path, manifest
-        except CheckpointError as exc:
-            warnings.warn(f"checkpoint {path} is unusable ({exc}); falling back to the previous one")
-    return None, None
-
-
-def _oom_retries(setup: TrialSetup) -> int:
-    """How often a trial retries an out-of-memory failure before it is the trial's result: once when it shares its
-    GPU with other trials (a fraction of one), where a neighbour's peak may have been the cause and the next try
-    can fit; never otherwise, where it would fail the same way. Function-mode trials only: a DDP rank's failure
-    ends its whole worker group (see ``_train``)."""
-    return 1 if setup.use_gpu and 0.0 < setup.gpus_per_worker < 1.0 and setup.mode == "function" else 0
-
-
 def _train(cfg, setup: TrialSetup, send, candidates: list[str], world_rank: int,
            events_dir: Optional[str] = None, refind: Optional[Callable[[], list[str]]] = None) -> None:
-    """Resume from the newest usable checkpoint and run the loop; a ``TrialFailure`` is reported, then raised.
-
-    ``send(metrics, ckpt_dir)`` hands a result to Ray. A run that fails in a way a retry would repeat (it
-    diverged, it ran out of memory) reports the worst metric value (so the searcher learns from it) with a
-    marker checkpoint; a retried trial finds the marker and fails at once instead of failing again the slow way.
-    An out-of-memory failure on a shared GPU is first retried once in this process (``_oom_retries``), from the
-    newest checkpoint ``refind()`` lists (the ones this run saved), else from where it started.
-    Rank 0 writes TensorBoard event files into ``events_dir`` (none without it).
-    """
-    from trainables.loop import run  # torch: in the trial only
-
-    path, manifest = _usable(candidates)
-    if manifest and manifest.get("diverged"):
-        raise DivergedError(manifest["epoch"], float("nan"))
-    if manifest and manifest.get("failed"):
-        raise (OutOfMemoryError if manifest.get("kind") == "OutOfMemoryError" else TrialFailure)(
-            manifest["failed"], manifest["epoch"])
-    if manifest:
-        # Report the resumed epoch again from the checkpoint's own record: a driver killed after the trial
-        # saved this checkpoint may never have recorded the epoch. Receivers keep one value per epoch.
-        send(dict(manifest.get("metrics", {}), replayed=True), None)
-    retries = _oom_retries(setup)
-    device = trial_device(setup, train_worker=setup.mode != "function")
-    while True:
-        try:
-            run(cfg, send, resume_from=path, device=device, events_dir=events_dir)
-            return
-        except OutOfMemoryError as exc:
-            if retries == 0:
-                _fail(exc, setup, send, world_rank)
-            retries -= 1
-            reason = exc.reason
-        except TrialFailure as exc:
-            _fail(exc, setup, send, world_rank)
-        _free_memory(device)  # the failed run's tensors, which its exception's traceback held until here
-        if refind is not None:
-            path = _usable(refind())[0] or path
-        warnings.warn(f"{reason}; the GPU is shared with other trials, retrying once from "
-                      f"{'the last checkpoint' if path else 'the start'}")
-
-
-def _free_memory(device) -> None:
-    import gc
-
-    import torch  # in the trial only (see the module's docstring)
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _fail(exc: TrialFailure, setup: TrialSetup, send, world_rank: int) -> NoReturn:
-    """Record ``exc`` as the trial's result (see ``_train``) and raise it."""
-    from trainables.checkpoint import save_checkpoint  # torch: in the trial only
-
-    if setup.workers > 1 and isinstance(exc, OutOfMemoryError):
-        # One rank ran out: the others wait in a collective for it, so its report (a barrier across the
-        # ranks) would wait for them until the group's timeout. Raised at once, it ends the trial (Ray Train
-        # stops the worker group) with this rank's reason; the searcher is told only that the trial failed.
-        raise exc
-    diverged = isinstance(exc, DivergedError)
-    metrics = {"epoch": exc.epoch, "run_complete": True,
-               **{name: worst_value(name, mode) for name, mode in setup.objectives}}
-    metrics.update({"diverged": True, "train_loss": exc.loss} if diverged else {"failed": exc.reason})
-    marker_manifest = {"epoch": exc.epoch, "reason": str(exc), "kind": type(exc).__name__}
-    marker_manifest.update({"diverged": True} if diverged else {"failed": exc.reason})
-    with tempfile.TemporaryDirectory(prefix="ternsearch-failed-") as marker:
-        if world_rank == 0:
-            save_checkpoint(marker, {}, marker_manifest)
-        send(metrics, marker if world_rank == 0 else None)
-    raise exc
-
-
-def _newest_first(paths: list[str]) -> list[str]:
-    """Checkpoint directories by the epoch their manifest records, newest first (unreadable ones last)."""
-    from trainables.checkpoint import CheckpointError, read_manifest  # torch: in the trial only
-
-    def epoch(path: str) -> int:
-        try:
-            return int(read_manifest(path).get("epoch", -1))
-        except CheckpointError:
-            return -1
-
-    return sorted(paths, key=epoch, reverse=True)
-
-
-def _siblings(path: str) -> list[str]:
-    """``path`` and the checkpoint directories beside it, newest first by the epoch each holds (local storage
-    only). Tune's saved state may be a few seconds older than the trial directory (a killed driver): a newer
-    checkpoint beside the one Tune hands over is then the one to resume from."""
-    here = Path(path)
-    if not here.is_dir():
-        return [path]
-    return _newest_first([path] + [str(p) for p in here.parent.glob("checkpoint_*") if p.is_dir() and p != here])
+    """``attempt.run_attempt`` on the device the trial reserved."""
+    run_attempt(cfg, setup, send, candidates, world_rank, trial_device(setup, train_worker=setup.mode != "function"),
+                events_dir, refind)
 
 
 def trial_events_dir(setup: TrialSetup, trial_id: str) -> Optional[str]:
@@ -240,7 +114,7 @@ def _run_function_trial(config: dict, setup: TrialSetup) -> None:
 
     def stored() -> list[str]:  # the trial's checkpoints on local or shared-filesystem storage, newest first
         trial_dir = Path(f"{setup.trial_dir_root}/trial_{trial_id}")
-        return _newest_first([str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()])
+        return newest_first([str(p) for p in trial_dir.glob("checkpoint_*") if p.is_dir()])
 
     if ckpt is None:
         # Tune records a trial's checkpoints in its experiment state every few seconds; a driver killed in
@@ -251,7 +125,7 @@ def _run_function_trial(config: dict, setup: TrialSetup) -> None:
     with ckpt.as_directory() as directory:
         # On local or shared-filesystem storage the directory is the stored checkpoint itself, and the
         # previous one (kept by CheckpointConfig.num_to_keep) lies beside it.
-        _train(cfg, setup, send, _siblings(directory), 0, trial_events_dir(setup, trial_id), refind=stored)
+        _train(cfg, setup, send, siblings(directory), 0, trial_events_dir(setup, trial_id), refind=stored)
 
 
 def worker_fn(loop_config: dict) -> None:
