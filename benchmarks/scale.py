@@ -33,32 +33,15 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_checks import (Sampler, exactly_once, metric_gaps, mlflow_counts, records, study_counts,  # noqa: E402
                           tune_counts, wait_file)
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "benchmarks" / "data" / "curves-cpu.csv"
-SPEC = """\
-name: {name}
-metric: {{name: val_acc, mode: max}}
-data: {{dataset: cifar10, subset: 7000, val_fraction: 0.3}}
-model: {{arch: tinynet, quantizer: twn, full_precision_layers: [stem, head]}}
-train: {{epochs: {epochs}, batch_size: 128, optimizer: sgd, momentum: 0.9, nesterov: true}}
-search:
-  lr: {{loguniform: [0.01, 0.5]}}
-  weight_decay: {{loguniform: [1.0e-5, 1.0e-3]}}
-  ternary_lr_ratio: {{loguniform: [0.1, 2.0]}}
-  augment: {{choice: [standard, cutmix, mixup, autoaugment, randaugment]}}
-  mixup_alpha: {{uniform: [0.1, 1.0], when: {{augment: [mixup]}}}}
-  label_smoothing: {{uniform: [0.0, 0.2]}}
-  schedule: {{choice: [cosine, step, onecycle]}}
-  warmup_epochs: {{int: [0, 2]}}
-searcher: {{algorithm: tpe, seed: {seed}, num_samples: {trials}, max_concurrent_trials: {concurrent}}}
-scheduler: {{algorithm: asha, grace_period: {grace}, reduction_factor: {reduction}}}
-resources: {{workers_per_trial: 1, cpus_per_worker: {cpus}}}
-storage: {{path: {storage}}}
-"""
+TABLE_SPEC = ROOT / "benchmarks" / "data" / "curves-cpu.yaml"  # the sweep that recorded the table: its space
 TARGETS = {"results_per_s": 200, "driver_rss_gib": 2.0, "report_s": 60, "report_mb": 20}
 
 
@@ -143,13 +126,27 @@ def _ended(results: Path) -> int:
         return 0
 
 
+def scale_spec(name: str, a, epochs: int, storage: Path) -> str:
+    """The table's sweep (its space, data and model) as TPE + ASHA over ``a.trials`` trials, ``a.concurrent`` at
+    once, tracked in MLflow."""
+    doc = yaml.safe_load(TABLE_SPEC.read_text())
+    doc.pop("tracking")
+    doc.pop("failure")
+    doc.update(name=name, storage={"path": str(storage)},
+               searcher={"algorithm": "tpe", "seed": a.seed, "num_samples": a.trials,
+                         "max_concurrent_trials": a.concurrent},
+               scheduler={"algorithm": "asha", "grace_period": a.grace, "reduction_factor": a.reduction},
+               resources={"workers_per_trial": 1, "cpus_per_worker": a.cpus})
+    doc["train"] = dict(doc["train"], epochs=epochs)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def run_store(a, store: str, work: Path, table: Path, epochs: int) -> dict:
     """One sweep (killed and resumed with ``--kill-at``), then ``ternsearch report``: what was measured."""
     name = f"scale-{store}"
     work.mkdir(parents=True, exist_ok=True)
     spec = work / f"{name}.yaml"
-    spec.write_text(SPEC.format(name=name, epochs=epochs, seed=a.seed, trials=a.trials, concurrent=a.concurrent,
-                                grace=a.grace, reduction=a.reduction, cpus=a.cpus, storage=work / "results"))
+    spec.write_text(scale_spec(name, a, epochs, work / "results"))
     results = work / "results" / name
     server = None
     extra = []

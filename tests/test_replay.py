@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from trainables.replay import ReplayError, ReplayParam, distance, epoch_result, nearest, read_table
 
 from helpers_report import cli
@@ -102,31 +103,18 @@ def test_epochs_must_run_in_order(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ through the CLI
-SPEC = """\
-name: {name}
-metric: {{name: val_acc, mode: max}}
-data: {{dataset: cifar10, subset: 7000, val_fraction: 0.3}}
-model: {{arch: tinynet, quantizer: twn, full_precision_layers: [stem, head]}}
-train: {{epochs: 8, batch_size: 128, optimizer: sgd, momentum: 0.9, nesterov: true}}
-search:
-  lr: {{loguniform: [0.01, 0.5]}}
-  weight_decay: {{loguniform: [1.0e-5, 1.0e-3]}}
-  ternary_lr_ratio: {{loguniform: [0.1, 2.0]}}
-  augment: {{choice: [standard, cutmix, mixup, autoaugment, randaugment]}}
-  mixup_alpha: {{uniform: [0.1, 1.0], when: {{augment: [mixup]}}}}
-  label_smoothing: {{uniform: [0.0, 0.2]}}
-  schedule: {{choice: [cosine, step, onecycle]}}
-  warmup_epochs: {{int: [0, 2]}}
-searcher: {{algorithm: tpe, seed: 3, num_samples: 12}}
-scheduler: {{algorithm: asha, grace_period: 2, reduction_factor: 3}}
-resources: {{workers_per_trial: 1, cpus_per_worker: 1}}
-storage: {{path: {storage}}}
-"""
+TABLE_SPEC = ROOT / "benchmarks" / "data" / "curves-cpu.yaml"  # the sweep that recorded the table
 
 
 def _spec(tmp_path: Path, name: str = "replayed") -> Path:
+    """The table's own sweep, as TPE + ASHA, 12 trials, tracked in MLflow (the recording was not)."""
+    doc = yaml.safe_load(TABLE_SPEC.read_text())
+    doc.pop("tracking")
+    doc.update(name=name, searcher={"algorithm": "tpe", "seed": 3, "num_samples": 12},
+               scheduler={"algorithm": "asha", "grace_period": 2, "reduction_factor": 3},
+               storage={"path": str(tmp_path / "results")})
     spec = tmp_path / f"{name}.yaml"
-    spec.write_text(SPEC.format(name=name, storage=tmp_path / "results"))
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
     return spec
 
 
