@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_cli import train_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_EPOCHS = 164
@@ -77,16 +77,8 @@ def _named(cfg: dict, name: str, a: argparse.Namespace, seed: int) -> dict:
 
 
 def train(cfg: dict, work: Path) -> dict:
-    path = work / f"{cfg['name']}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ternsearch.cli", "train", str(path), "-q", "-o",
-                           str(work / cfg["name"])], cwd=work, env=env, text=True, capture_output=True)
-    if proc.returncode:
-        raise SystemExit(f"{cfg['name']} failed:\n{proc.stderr[-3000:]}")
-    final = json.loads(proc.stdout)
-    return {"error": 100 * (1 - final["test_acc"]), "seconds": time.perf_counter() - t0}
+    final, _, seconds = train_cli(cfg, work)
+    return {"error": 100 * (1 - final["test_acc"]), "seconds": seconds}
 
 
 def report(rows: dict[str, list[dict]], epochs: int) -> None:

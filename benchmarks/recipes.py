@@ -15,13 +15,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_cli import train_cli  # noqa: E402
 
 
 def _config(name: str, a, seed: int, model: dict, train: dict) -> dict:
@@ -33,18 +32,10 @@ def _config(name: str, a, seed: int, model: dict, train: dict) -> dict:
 
 
 def _train(cfg: dict, tmp: Path) -> dict:
-    path = tmp / f"{cfg['name']}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ternsearch.cli", "train", str(path), "-q", "-o",
-                           str(tmp / cfg["name"])], cwd=tmp, env=env, text=True, capture_output=True)
-    if proc.returncode:
-        raise SystemExit(f"{cfg['name']} failed:\n{proc.stderr[-3000:]}")
-    final = json.loads(proc.stdout)
-    history = [json.loads(x) for x in (tmp / cfg["name"] / "history.jsonl").read_text().splitlines()]
+    final, run_dir, seconds = train_cli(cfg, tmp)
+    history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     return {"best_val": max(h["val_acc"] for h in history), "final_val": final["val_acc"],
-            "test": final["test_acc"], "seconds": time.perf_counter() - t0}
+            "test": final["test_acc"], "seconds": seconds}
 
 
 def main() -> int:
