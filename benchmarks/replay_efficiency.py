@@ -53,6 +53,10 @@ METHODS = {
     "tpe+asha startup 18": ({"n_startup_trials": 18}, {}, 3),
     "tpe+asha univariate": ({"multivariate": False}, {}, 3),
     "tpe+asha no liar": ({"constant_liar": False}, {}, 3),
+    "tpe+asha grace 1 startup 5": ({"n_startup_trials": 5}, {"grace_period": 1}, 3),
+    "tpe+asha grace 1 x5 trials": ({}, {"grace_period": 1}, 5),
+    "tpe+asha grace 1 (12 trials)": ({}, {"grace_period": 1}, 1),
+    "gp+asha grace 1": ({"algorithm": "gp"}, {"grace_period": 1}, 3),
 }
 
 
