@@ -23,9 +23,9 @@ Defaults finish in about 10 minutes on 2 idle cores; tracking (MLflow) is off un
 
 With ``--shipped`` the sweeps are the replay table's instead (benchmarks/data/curves-cpu.yaml: the shipped CPU
 space, 8 epochs, a 7,000-image subset with 2,100 validation images) on another subset (``--split-seed``, 1 by
-default; the table's is 0): random search + FIFO with --trials trials against TPE + ASHA with the shipped spec's
-searcher and scheduler settings (search_spaces/cifar10-cpu.yaml) and 3x the trials, as the replayed comparison runs
-them. This is the real-training check of the defaults chosen on the replay (issue 19).
+default; the table's is 0): random search + FIFO with --trials trials against TPE + ASHA (--grace, --reduction;
+the searcher's settings are the spec's defaults) with 3x the trials, as the replayed comparison runs them. This is
+the real-training check of the defaults chosen on the replay (issue 19).
 
     python benchmarks/search_efficiency.py --shipped --seeds 1 2 --skip-bookkeeping
 
@@ -49,7 +49,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE_SPEC = REPO / "benchmarks" / "data" / "curves-cpu.yaml"
-SHIPPED = REPO / "search_spaces" / "cifar10-cpu.yaml"
 SPEC = """\
 name: {name}
 metric: {{name: val_acc, mode: max}}
@@ -79,18 +78,17 @@ def load() -> str:
 
 
 def shipped_spec(name: str, a: argparse.Namespace, seed: int, asha: bool, storage: Path) -> str:
-    """The replay table's sweep on subset ``a.split_seed``; TPE + ASHA as the shipped spec sets them (``--shipped``)."""
-    import yaml  # both files are plain YAML; the sweep's own loader checks what is written from them
+    """The replay table's sweep on subset ``a.split_seed`` (``--shipped``)."""
+    import yaml  # a plain YAML file; the sweep's own loader checks what is written from it
 
     doc = yaml.safe_load(TABLE_SPEC.read_text())
-    shipped = yaml.safe_load(SHIPPED.read_text())
     doc.update(name=name, data=dict(doc["data"], split_seed=a.split_seed), storage={"path": str(storage)},
                tracking={"enabled": a.tracking}, resources=dict(doc["resources"], use_gpu=False))
     if a.epochs_given:
         doc["train"] = dict(doc["train"], epochs=a.epochs)
-    if asha:
-        doc["searcher"] = {**shipped["searcher"], "seed": seed, "num_samples": 3 * a.trials, "max_concurrent_trials": 2}
-        doc["scheduler"] = shipped["scheduler"]
+    if asha:  # the searcher's other settings are the spec's defaults
+        doc["searcher"] = {"algorithm": "tpe", "seed": seed, "num_samples": 3 * a.trials, "max_concurrent_trials": 2}
+        doc["scheduler"] = {"algorithm": "asha", "grace_period": a.grace, "reduction_factor": a.reduction}
     else:
         doc["searcher"] = {"algorithm": "random", "seed": seed, "num_samples": a.trials, "max_concurrent_trials": 2}
         doc["scheduler"] = {"algorithm": "fifo"}
@@ -222,7 +220,7 @@ def main() -> None:
     ap.add_argument("--grace", type=int, default=1, help="ASHA grace period (epochs)")
     ap.add_argument("--reduction", type=float, default=3.0, help="ASHA reduction factor")
     ap.add_argument("--tracking", action="store_true", help="keep MLflow tracking on (slower)")
-    ap.add_argument("--shipped", action="store_true", help="the replay table's sweep with the shipped defaults")
+    ap.add_argument("--shipped", action="store_true", help="the replay table's sweep (its space, on another subset)")
     ap.add_argument("--split-seed", type=int, default=1, help="with --shipped: the subset's seed (the table's is 0)")
     ap.add_argument("--plot", metavar="PATH", help="write best-so-far val_acc vs epochs: a plotly HTML, or a PNG "
                     "when PATH ends in .png (needs kaleido and Chrome/Chromium)")
@@ -242,7 +240,7 @@ def main() -> None:
             sys.exit("set TERNSEARCH_DATA to the folder holding cifar-10-batches-bin/")
         if a.shipped:
             print(f"{TABLE_SPEC.name} on split_seed {a.split_seed}: random + FIFO {a.trials} trials, TPE + ASHA "
-                  f"{3 * a.trials} trials, searcher and scheduler of {SHIPPED.name}")
+                  f"{3 * a.trials} trials (grace {a.grace}, reduction {a.reduction:g}, the spec's TPE defaults)")
         else:
             print(f"{a.trials} trials x up to {a.epochs} epochs, tinynet (twn), CIFAR-10 subset {a.subset} "
                   f"({a.subset - round(0.1 * a.subset)} train / {round(0.1 * a.subset)} val), 1 CPU per trial; "
