@@ -72,10 +72,11 @@ def table_curves(table: Path) -> tuple[list[str], int, dict[str, tuple[dict, lis
     return params, epochs.pop(), curves
 
 
-def write_table(sources: list[Path], output: Path) -> tuple[int, int]:
+def write_table(sources: list[Path], output: Path) -> tuple[int, int, float]:
     """Write the table of ``sources`` (results directories or earlier tables) to ``output``; returns (trials,
-    rows). ``output`` may be one of the sources: they are all read before it is written."""
-    columns, epochs, seen, out_rows = None, None, set(), []
+    rows, the sum of the epochs' ``epoch_seconds``). ``output`` may be one of the sources: they are all read
+    before it is written."""
+    columns, epochs, seen, out_rows, seconds = None, None, set(), [], 0.0
     for results in sources:
         params, n, curves = table_curves(results) if results.suffix == ".csv" else complete_curves(results)
         if columns is None:
@@ -88,6 +89,7 @@ def write_table(sources: list[Path], output: Path) -> tuple[int, int]:
                 sys.exit(f"{results}: trial id {tid} is already in the table (the same results twice?)")
             seen.add(tid)
             for row in rows:
+                seconds += float(row["epoch_seconds"])
                 out_rows.append([tid, *("" if config.get(p) is None else config[p] for p in columns),
                                  row["epoch"], *(row[m] for m in METRICS)])
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +97,7 @@ def write_table(sources: list[Path], output: Path) -> tuple[int, int]:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["trial_id", *(columns or []), "epoch", *METRICS])
         writer.writerows(out_rows)
-    return len(seen), len(out_rows)
+    return len(seen), len(out_rows), seconds
 
 
 def main() -> int:
@@ -105,10 +107,11 @@ def main() -> int:
     ap.add_argument("-o", "--output", type=Path, required=True, help="the CSV to write")
     a = ap.parse_args()
     try:
-        trials, rows = write_table(a.results, a.output)
+        trials, rows, seconds = write_table(a.results, a.output)
     except TernsearchError as exc:
         sys.exit(str(exc))
-    print(f"{a.output}: {trials} complete trials, {rows} rows")
+    print(f"{a.output}: {trials} complete trials, {rows} rows; their epochs took {seconds / 60:.1f} min of "
+          "training in all (the epoch_seconds column)")
     return 0
 
 
