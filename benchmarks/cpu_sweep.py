@@ -28,6 +28,8 @@ def main() -> int:
     start_load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ternsearch-cpu-sweep-") as tmp:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+        if env.get("TERNSEARCH_DATA"):  # relative to where this was started, not to the sweep's folder
+            env["TERNSEARCH_DATA"] = os.path.abspath(env["TERNSEARCH_DATA"])
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "ternsearch.cli", "sweep", a.spec, "--storage", tmp, "-q"],
                               cwd=tmp, env=env, text=True, capture_output=True)

@@ -200,7 +200,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, data_root, sig):
 def test_diverging_trial_fails_alone(tmp_path, data_root):
     """A trial whose loss becomes NaN is stopped at once, marked failed in records and MLflow, reports the
     worst metric value to the searcher, and the other trial completes."""
-    spec = _spec(tmp_path, "diverge", lrs="[0.001, 100.0]", n=2, conc=1, epochs=2, subset=600, precision="fp16")
+    spec = _spec(tmp_path, "diverge", lrs="[0.001, 100.0]", n=2, conc=1, epochs=2, subset=300, precision="fp16")
     proc = _run(spec)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = tmp_path / "results" / "diverge"

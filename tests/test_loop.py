@@ -50,10 +50,10 @@ def test_resume_is_exact(tmp_path, data_root, augment, quantizer, schedule, ramp
     """Interrupted after epoch 2 and resumed: the same metrics and weights as straight through. With ramp 2,
     quantization switches on at epoch 2 at half strength and is full in epoch 3, across the resume."""
     fp16 = augment == "fp16"  # fp16 autocast with its GradScaler, whose state must resume too (CPU fp16 is slow)
-    cfg = _cfg({"quantizer": quantizer}, subset=320 if fp16 else 640, augment="standard" if fp16 else augment,
+    cfg = _cfg({"quantizer": quantizer}, subset=160 if fp16 else 640, augment="standard" if fp16 else augment,
                schedule=schedule, warmup_epochs=1,
                label_smoothing=0.1, early_stop_patience=5, plateau_patience=0, quantize_from_epoch=2 if ramp else 1,
-               ramp_epochs=ramp, precision="fp16" if fp16 else "auto")
+               ramp_epochs=ramp, precision="fp16" if fp16 else "auto", **({"batch_size": 32} if fp16 else {}))
     _assert_resumes_exactly(tmp_path, cfg)
 
 
@@ -143,13 +143,14 @@ def test_early_stopping_patience(tmp_path, data_root):
 def test_divergence_raises(data_root):
     # fp16 autocast with an absurd Adam step overflows the activations: the loss becomes NaN.
     with pytest.raises(DivergedError, match="diverged at epoch 1"):
-        run(_cfg(epochs=2, lr=100.0, optimizer="adam", weight_decay=0.0, schedule="none", precision="fp16"), None)
+        run(_cfg(subset=160, batch_size=32, epochs=2, lr=100.0, optimizer="adam", weight_decay=0.0, schedule="none",
+                 precision="fp16"), None)
 
 
 def test_fp16_grad_scaler_and_grad_accum_path_on_cpu(tmp_path, data_root):
     """The GPU's fp16 path (autocast + GradScaler) and gradient accumulation + clipping, run on CPU."""
     keep = _Keep(tmp_path)
-    run(_cfg(epochs=1, precision="fp16", grad_accum=2, grad_clip=1.0), keep)
+    run(_cfg(subset=320, batch_size=32, epochs=1, precision="fp16", grad_accum=2, grad_clip=1.0), keep)
     assert math.isfinite(keep.metrics[-1]["train_loss"])
     state, _ = load_checkpoint(keep.ckpts[-1])
     assert state["scaler"], "the GradScaler state is checkpointed"
