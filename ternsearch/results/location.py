@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +13,7 @@ from ternsearch.errors import ResultsError
 from ternsearch.spec import SweepSpec, load_spec
 
 __all__ = ["resolve_storage", "records_dir", "spec_digest", "spec_keys", "check_same_spec", "RESUMABLE_CHANGES",
-           "check_warm_start"]
+           "check_warm_start", "resume_command"]
 
 # What a resumed sweep may change in its spec: grow it, give it more time, move its target.
 RESUMABLE_CHANGES = ("searcher.num_samples", "searcher.time_budget", "searcher.stop_at")
@@ -88,3 +89,13 @@ def check_same_spec(results_dir: Path, meta: dict, spec_file, hint: str) -> None
                            f"started (only {', '.join(RESUMABLE_CHANGES)} may change); {hint}")
     raise ResultsError(f"{results_dir}: made by another spec ({meta.get('spec_file')}), not by {spec_file} as it "
                        f"is now; {hint}")
+
+
+def resume_command(spec: SweepSpec, meta: dict) -> str:
+    """The command that resumes this sweep: with ``--storage`` when the sweep's storage (``meta``, as the run
+    resolved it) is not the spec file's own, or ``--resume`` alone would look for the sweep elsewhere."""
+    command = f"ternsearch sweep {shlex.quote(str(spec.file))} --resume"
+    storage = meta.get("storage_path")
+    if storage and storage != resolve_storage(spec, None):
+        command += f" --storage {shlex.quote(storage)}"
+    return command

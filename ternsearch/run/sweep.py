@@ -20,7 +20,7 @@ from ternsearch.results.best import best_trial, pareto_trials
 from ternsearch.results.export import write_best_config
 from ternsearch.results.files import LOST, SWEEP, TRIALS, read_history, read_json, read_sweep
 from ternsearch.results.location import (check_same_spec, check_warm_start, records_dir, resolve_storage,
-                                         spec_digest, spec_keys)
+                                         resume_command, spec_digest, spec_keys)
 from ternsearch.results.rebuild import recover_trials
 from ternsearch.run.cluster import check_cluster, env_address, start_cluster
 from ternsearch.run.preflight import (check_environment, check_fits, check_one_node, check_tracking_store,
@@ -295,13 +295,13 @@ def _after_fit(spec, results_dir: Path, meta: dict, tracker, status: str, stops=
             tracker.close("KILLED")
         if stops is not None and stops.budget.spent and status != "KILLED":
             _say(f"sweep stopped: {stops.reason}: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} "
-                 f"unfinished, {unstarted} not started. Continue with: ternsearch sweep {spec.file} --resume "
+                 f"unfinished, {unstarted} not started. Continue with: {resume_command(spec, meta)} "
                  "(each run gets the time budget)")
             return {"ended": stops.reason, "results": str(results_dir), "trials": len(trials),
                     "unfinished": len(unfinished), "not_started": unstarted}
         _say(f"sweep interrupted: {len(trials) - len(unfinished)} trials finished, {len(unfinished)} unfinished"
              + (f", {unstarted} not started" if unstarted else "")
-             + f". Resume with: ternsearch sweep {spec.file} --resume")
+             + f". Resume with: {resume_command(spec, meta)}")
         return {"interrupted": True, "results": str(results_dir)}
     return {**_finish(spec, results_dir, meta, trials, tracker), "ended": f"all {len(trials)} trials ran"}
 
