@@ -15,6 +15,7 @@ cluster.
 from __future__ import annotations
 
 import atexit
+import http.client
 import json
 import os
 import secrets
@@ -349,7 +350,7 @@ class MLflowServer:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
                     if r.status == 200:
                         return
-            except OSError:
+            except (OSError, http.client.HTTPException):  # not up yet, or (BadStatusLine) another service's port
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"mlflow server not healthy after {timeout:g} s; see {self.log}")
