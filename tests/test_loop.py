@@ -53,7 +53,7 @@ def test_resume_is_exact(tmp_path, data_root, augment, quantizer, schedule, ramp
     cfg = _cfg({"quantizer": quantizer}, subset=160 if fp16 else 640, augment="standard" if fp16 else augment,
                schedule=schedule, warmup_epochs=1,
                label_smoothing=0.1, early_stop_patience=5, plateau_patience=0, quantize_from_epoch=2 if ramp else 1,
-               ramp_epochs=ramp, precision="fp16" if fp16 else "auto", **({"batch_size": 32} if fp16 else {}))
+               ramp_epochs=ramp, precision="fp16" if fp16 else "auto", batch_size=32 if fp16 else 64)
     _assert_resumes_exactly(tmp_path, cfg)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers_report import MIXED, write_hand_results
-from ternsearch.results.location import resume_command
+from ternsearch.results.location import resolve_storage, resume_command
 from ternsearch.run.sweep import _after_fit
 from ternsearch.spec import load_spec
 
@@ -28,12 +28,11 @@ def test_fewer_trials_than_num_samples_is_an_interruption(tmp_path, capsys):
     assert not (results / "best.yaml").exists()
 
 
-
 def test_the_resume_hint_names_a_storage_given_on_the_command_line(tmp_path, capsys):
     """``--storage DIR`` moved the sweep: the hint says so, or ``--resume`` alone would look in the spec's storage."""
     spec = _spec(tmp_path, 5)
     assert resume_command(spec, {}) == f"ternsearch sweep {spec.file} --resume"
-    own = {"storage_path": str(Path(spec.storage.path).expanduser().resolve())}
+    own = {"storage_path": resolve_storage(spec, None)}
     assert resume_command(spec, own) == f"ternsearch sweep {spec.file} --resume"
     elsewhere = tmp_path / "other results"
     results = write_hand_results(elsewhere / "ends", MIXED[:2])
