@@ -36,15 +36,24 @@ RAY = str(VENV_BIN / "ray")
 MLFLOW = str(VENV_BIN / "mlflow")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 right now (held open together so they differ)."""
-    socks = []
+    """``n`` distinct ports free on 127.0.0.1 right now (held open together so they differ) and never handed
+    out before in this process: a server that has not bound its port yet (the MLflow server takes ~13 s) must
+    not see it given to a Ray node too (seen: the metrics exporter answered the MLflow URI)."""
+    socks, ports = [], []
     try:
-        for _ in range(n):
+        while len(ports) < n:
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
+        _HANDED_OUT.update(ports)
+        return ports
     finally:
         for s in socks:
             s.close()
@@ -348,8 +357,11 @@ class MLflowServer:
                                    + self.log.read_text()[-3000:])
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
+                    body = r.read(64)
+                if body.strip() == b"OK":
+                    return
+                raise RuntimeError(f"{self.uri}/health is not MLflow's (answered {body[:40]!r}): "
+                                   "another service has the port")
             except (OSError, http.client.HTTPException):  # not up yet, or (BadStatusLine) another service's port
                 pass
             time.sleep(0.5)
