@@ -60,10 +60,10 @@ def check_study_agrees(results: Path) -> list:
     return own
 
 
-def mlflow_children(results: Path, experiment: str):
+def mlflow_children(results: Path, experiment: str, db: Path | None = None):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{db or results / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("ternsearch.role") == "trial"]
@@ -74,10 +74,12 @@ def mlflow_children(results: Path, experiment: str):
 @pytest.mark.ray
 def test_study_on_disk_and_a_grown_sweep(tmp_path, data_root):
     """2 trials, then num_samples 3 and --resume: 3 trials in Tune's records, the study and MLflow (one parent);
-    the new trial was proposed by a sampler that had seen the first 2. Another change is refused, naming it."""
+    the new trial was proposed by a sampler that had seen the first 2. Another change is refused, naming it.
+    The first run had --tracking-uri; --resume alone goes on in that store (not a new default mlflow.db)."""
     spec = write_spec(tmp_path, "grow", 2)
     results = tmp_path / "results" / "grow"
-    first = cli("sweep", str(spec), cwd=tmp_path)
+    store = tmp_path / "elsewhere" / "mlflow.db"
+    first = cli("sweep", str(spec), "--tracking-uri", "sqlite:///elsewhere/mlflow.db", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert len(check_study_agrees(results)) == 2
 
@@ -94,7 +96,8 @@ def test_study_on_disk_and_a_grown_sweep(tmp_path, data_root):
     assert len(own) == 3
     newest = max(own, key=lambda r: r.number)
     assert newest.user_attrs["trials_before"] == 2
-    parents, children = mlflow_children(results, "grow")
+    assert json.loads(grown.stdout)["tracking_uri"] == f"sqlite:///{store}" and not (results / "mlflow.db").exists()
+    parents, children = mlflow_children(results, "grow", db=store)
     assert len(parents) == 1 and len(children) == 3
     assert all(r.info.status == "FINISHED" for r in parents + children)
 

@@ -30,7 +30,7 @@ from ternsearch.run.startup import quiet_libraries, warm_imports
 from ternsearch.spec import SweepSpec, load_spec
 from ternsearch.spec.describe import metric_words
 from ternsearch.spec.space import ordered
-from ternsearch.tracking.store import copy_redacted, resolve_uri, without_credentials
+from ternsearch.tracking.store import copy_redacted, resolve_sweep_uri, without_credentials
 
 __all__ = ["sweep_command", "run_sweep", "check_results"]
 
@@ -123,14 +123,15 @@ def run_sweep(spec: SweepSpec, *, address: Optional[str] = None, storage: Option
     results_dir = records_dir(spec.name, storage_path)
     table = load_replay(spec, replay) if replay else None
     # os.path.isfile, not Path.is_file: False for a name too long (the storage check then says what is wrong)
-    if resume and os.path.isfile(results_dir / SWEEP):  # before the data check: a replayed sweep reads no data
-        check_replay_resume(results_dir, read_sweep(results_dir), replay)
+    former = read_sweep(results_dir) if resume and os.path.isfile(results_dir / SWEEP) else None
+    if former:  # before the data check: a replayed sweep reads no data
+        check_replay_resume(results_dir, former, replay)
     check_environment(spec, storage_path, address, storage, inputs=table is None)
     check_results(results_dir, spec.file, resume)
     if not resume:
         check_warm_start(spec)
     # An unreachable server: one line, in seconds, before Ray starts (the only probe of the sweep).
-    uri = resolve_uri(results_dir, tracking_uri, spec.tracking.uri, probe=spec.tracking.enabled)
+    uri = resolve_sweep_uri(results_dir, tracking_uri, spec.tracking.uri, former, probe=spec.tracking.enabled)
     check_tracking_store(uri, (lambda d: f"--tracking-uri {tracking_uri}: {d}") if tracking_uri else
                          (lambda d: str(spec.located.error(("tracking", "uri"), d))))
     if dry_run and address is None:

@@ -107,6 +107,20 @@ def resolve_uri(results_dir: Path, *given: Optional[str], probe: bool = False) -
     return uri
 
 
+def resolve_sweep_uri(results_dir: Path, flag: Optional[str], configured: Optional[str],
+                      former: Optional[dict] = None, probe: bool = False) -> str:
+    """A sweep's tracking URI (``resolve_uri``: ``--tracking-uri``, then ``tracking.uri``, ...). On ``--resume``
+    (``former``: its sweep.json) the store it ran in comes right after ``--tracking-uri``: a sweep started with
+    ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI`` goes on there, its records whole. Records keep the URI without
+    credentials, so ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` is taken instead where it is that URI with them."""
+    recorded = (former or {}).get("tracking_uri")
+    if recorded:
+        same = [g for g in (configured, os.environ.get("MLFLOW_TRACKING_URI"))
+                if g and without_credentials(default_tracking_uri(results_dir, g)) == recorded]
+        recorded = (same or [recorded])[0]
+    return resolve_uri(results_dir, flag, recorded, configured, probe=probe)
+
+
 def sqlite_uri(path: Path) -> str:
     # Like mlflow.utils.file_utils.path_to_local_sqlite_uri: an absolute POSIX path gives sqlite:////abs/file.db
     return "sqlite:///" + pathname2url(str(path))
