@@ -121,14 +121,17 @@ def test_export_then_retrain_registers_the_model(sweep, data_root, monkeypatch):
     best = tmp / "best.yaml"
     proc = cli("export", str(results), "-o", str(best), "--epochs", "1", "--packed", str(tmp / "best.tern"), cwd=tmp)
     assert proc.returncode == 0, proc.stderr
-    # The packed model: the best trial's checkpoint at 2 bits a weight, the same logits as the checkpoint's model.
+    # The packed model: the best trial's checkpoint at 2 bits a weight, the checkpoint model's logits. Not
+    # bit for bit: TWN's scale is an fp32 sum whose last bit depends on how many threads computed it, and this
+    # process may have another thread count than the export's (a test before set it; tests/test_packed.py
+    # checks bit-identical logits where both sides are quantized alike).
     assert f"{tmp / 'best.tern'}: " in proc.stdout and "smaller than the fp32 state_dict" in proc.stdout
     packed, _ = load_packed(tmp / "best.tern")
     best_trial = json.loads((results / "trials.json").read_text())[summary["best_trial"]]
     model, _ = model_from_checkpoint(best_trial["checkpoint"])
     x = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(packed(x), model(x))
+        torch.testing.assert_close(packed(x), model(x), rtol=0, atol=1e-5)
     # The exported file itself trains on the whole training set.
     doc = yaml.safe_load(best.read_text())
     assert doc["train"]["epochs"] == 1 and doc["data"]["val_fraction"] == 0 and "subset" not in doc["data"]

@@ -3,7 +3,8 @@
 
 A ``.tern`` file is a ``torch.save`` of plain tensors, strings and lists, so it loads with
 ``torch.load(weights_only=True)``; :func:`load_packed` rebuilds a runnable model whose ternary layers hold the
-unpacked weights ``{-s_neg, 0, +s_pos}`` exactly, giving the same logits as the quantized model it came from.
+unpacked weights ``{-s_neg, 0, +s_pos}`` exactly, giving the same logits as the quantized model it came from (bit
+for bit at the thread count it was packed with: TWN's scale is an fp32 sum, rounded by how many threads split it).
 
 Codes: 0 = zero, 1 and 2 = the layer's two nonzero values ``values[0]`` > ``values[1]`` (+a and -a for TWN, +Wp
 and -Wn for TTQ), four codes a byte, the first in the low bits, in the weight's contiguous (row-major) order.
