@@ -39,3 +39,25 @@ def _isolated_mlflow_uri(monkeypatch):
         import mlflow
 
         mlflow.set_tracking_uri(None)
+
+
+# The suite runs in 2 pytest-xdist workers (pyproject's addopts: -n 2 --dist loadgroup): its Ray tests leave ~40% of
+# 2 cores idle one at a time (start-up waits), and 2 workers took the suite from 54 to 40 min here. Each file is a
+# group, kept on one worker (its module-scoped fixtures, a Ray cluster or an MLflow server, start once); the files
+# sharing the cached report sweep (helpers_report.real_sweep) are one group, so the sweep runs once. Groups with the
+# most slow tests go first, so that no long file starts last and runs alone.
+REPORT_SWEEP = {"test_browser", "test_outputs", "test_report", "test_sweep", "test_tensorboard",
+                "test_tensorboard_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    def group(item) -> str:
+        stem = item.path.stem
+        return "report-sweep" if stem in REPORT_SWEEP else stem
+
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[group(item)] = slow.get(group(item), 0) + (item.get_closest_marker("slow") is not None)
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    first_seen = {g: i for i, g in reversed(list(enumerate(group(it) for it in items)))}
+    items.sort(key=lambda it: (-slow[group(it)], first_seen[group(it)]))
