@@ -33,19 +33,26 @@ DEFAULT_STEPS = {"resnet18": 3, "mobilenetv2": 3, "airbench": 6, "resnet20": 8, 
 WARMUP_STEPS = 1
 
 
-def _make(arch: str, quantizer: str) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _make(arch: str, quantizer: str, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, quantizer=quantizer)).to(memory_format=torch.channels_last)
+    model = build_model(ModelConfig(arch=arch, quantizer=quantizer)).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     return model, opt
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: the clock is read once they have finished
+        torch.cuda.synchronize(device)
+
+
 def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    _sync(x.device)
     t0 = time.perf_counter()
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    _sync(x.device)
     return time.perf_counter() - t0
 
 
@@ -56,22 +63,26 @@ def _quantizer_time(model: nn.Module, repeats: int = 5) -> float:
     noise of the whole step, which on a shared machine is larger than the quantizer itself.
     """
     layers = [m for _, m in ternary_modules(model)]
+    device = next(model.parameters()).device
     times = []
     with torch.no_grad():
         for _ in range(repeats):
+            _sync(device)
             t0 = time.perf_counter()
             for m in layers:
                 m.quantized_weight()
+            _sync(device)
             times.append(time.perf_counter() - t0)
     return min(times)
 
 
-def bench(arch: str, batch_size: int, steps: int) -> tuple[float, float, float]:
+def bench(arch: str, batch_size: int, steps: int, device: torch.device | None = None) -> tuple[float, float, float]:
     """Return the fastest step time of fp32 and of ternary, and the quantizer's time per step, in seconds."""
-    variants = {q: _make(arch, q) for q in ("none", "twn")}
+    device = device or torch.device("cpu")
+    variants = {q: _make(arch, q, device) for q in ("none", "twn")}
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, 32, 32, generator=gen).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    x = torch.randn(batch_size, 3, 32, 32, generator=gen).contiguous(memory_format=torch.channels_last).to(device)
+    y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
     times: dict[str, list[float]] = {q: [] for q in variants}
     for i in range(WARMUP_STEPS + steps):
         for q, (model, opt) in variants.items():
@@ -88,11 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: per model)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: the step in fp32 on that device")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     # The load average says how far to trust the numbers: other processes' threads contend for the same cores.
     print(
-        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, channels_last, SGD; "
+        f"torch {torch.__version__}, {args.device}, {args.threads} threads, batch {args.batch_size}, channels_last, "
+        "SGD; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(
@@ -101,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     for arch in args.models:
         steps = args.steps or DEFAULT_STEPS.get(arch, 5)
-        t_fp, t_tern, t_quant = bench(arch, args.batch_size, steps)
+        t_fp, t_tern, t_quant = bench(arch, args.batch_size, steps, torch.device(args.device))
         print(
             f"{arch:<12} {steps:>5} {args.batch_size / t_fp:>11.1f} {args.batch_size / t_tern:>10.1f} "
             f"{t_tern / t_fp:>13.3f}x {t_quant * 1e3:>8.1f} ({t_quant / t_tern:5.1%})",
