@@ -9,6 +9,7 @@ half full precision, then half TTQ fine-tuning from it at a tenth of the lr (our
 paper's). Prints each run's test error and the full-precision-to-ternary gap in points, beside the paper's.
 
     TERNSEARCH_DATA=/path/to/data python benchmarks/paper_gap.py --epochs 15 [--seeds 0 1] [--recipes fp ttq]
+    python benchmarks/paper_gap.py --epochs 15 --seeds 0 1 --jobs 8   # on a GPU: 8 runs share it at once
     python benchmarks/paper_gap.py --epochs 15 --dry-run      # the configs it would train, nothing run
     python benchmarks/paper_gap.py --epochs 1 --subset 2000   # a smoke run (not the benchmark)
 
@@ -24,6 +25,7 @@ import os
 import statistics
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
@@ -81,10 +83,30 @@ def train(cfg: dict, work: Path) -> dict:
     return {"error": 100 * (1 - final["test_acc"]), "seconds": seconds}
 
 
+def chained(runs: list[tuple[str, dict]]) -> list[list[tuple[str, dict]]]:
+    """The runs in chains that may run side by side: ``warm`` after its full-precision half, the rest alone."""
+    chains: list[list[tuple[str, dict]]] = []
+    for recipe, cfg in runs:
+        if recipe == "warm" and chains and chains[-1][-1][0] == "warm (fp half)":
+            chains[-1].append((recipe, cfg))
+        else:
+            chains.append([(recipe, cfg)])
+    return chains
+
+
+def run_chain(seed: int, chain: list[tuple[str, dict]], work: Path) -> list[tuple[str, dict]]:
+    out = []
+    for recipe, cfg in chain:
+        r = train(cfg, work)
+        out.append((recipe, r))
+        print(f"  seed {seed}  {recipe:16s} test error {r['error']:.2f}%  ({r['seconds'] / 60:.1f} min)", flush=True)
+    return out
+
+
 def report(rows: dict[str, list[dict]], epochs: int) -> None:
     fp_paper, ttq_paper = PAPER["resnet20"]
     paper = {"fp": fp_paper, "ttq": ttq_paper, "warm": None, "twn": None}
-    mean = {k: statistics.mean(r["error"] for r in v) for k, v in rows.items() if k in paper}
+    mean = {k: statistics.mean(r["error"] for r in rows[k]) for k in RECIPES if k in rows}
     print(f"\nResNet-20, CIFAR-10 test error (%), {epochs} epochs here vs the paper's {PAPER_EPOCHS}:")
     print(f"  {'recipe':8s} {'ours':>7s} {'gap':>7s} {'paper':>7s} {'gap':>7s}   runs")
     for k, err in mean.items():
@@ -103,25 +125,28 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
     ap.add_argument("--subset", type=int, default=None, help="train on a subset (a smoke run, not the benchmark)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (on a GPU they share it; default 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: CPUs / jobs)")
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--dry-run", action="store_true", help="print the configs and stop")
     a = ap.parse_args(argv)
+    a.threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
     with tempfile.TemporaryDirectory(prefix="ternsearch-paper-gap-") as tmp:
         work = Path(a.workdir or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         print(f"ResNet-20 paper recipe at {a.epochs} epochs, seeds {a.seeds}, recipes {a.recipes}, "
               f"{a.subset or 50000} training images; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-        rows: dict[str, list[dict]] = {}
-        for seed in a.seeds:
-            for recipe, cfg in plan(a, seed, work):
-                if a.dry_run:
+        if a.dry_run:
+            for seed in a.seeds:
+                for recipe, cfg in plan(a, seed, work):
                     print(f"--- {recipe}, seed {seed}\n{yaml.safe_dump(cfg, sort_keys=False)}", end="")
-                    continue
-                r = train(cfg, work)
-                rows.setdefault(recipe, []).append(r)
-                print(f"  seed {seed}  {recipe:16s} test error {r['error']:.2f}%  ({r['seconds'] / 60:.1f} min)",
-                      flush=True)
+            return 0
+        rows: dict[str, list[dict]] = {}
+        chains = [(seed, chain) for seed in a.seeds for chain in chained(plan(a, seed, work))]
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:  # each run is a process: threads only wait
+            for done in as_completed([pool.submit(run_chain, seed, chain, work) for seed, chain in chains]):
+                for recipe, r in done.result():
+                    rows.setdefault(recipe, []).append(r)
         if rows:
             report(rows, a.epochs)
     return 0
