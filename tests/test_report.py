@@ -269,3 +269,23 @@ def test_results_of_another_spec_are_refused_and_kept(sweep):
         assert what in line
     assert not (tmp / "x.yaml").exists()
     assert {p.name: p.read_bytes() for p in results.iterdir() if p.is_file()} == before
+
+
+def test_learning_curves_at_scale_draw_the_best_and_the_rest_as_one_trace():
+    """200 trials: the 30 best (by their best value) are drawn one by one, the other 170 as one grey trace with a
+    gap between trials, not 200 traces and legend entries; minimizing picks the lowest."""
+    from ternsearch.report.render import CURVES_EACH, curves_drawn, fig_curves
+
+    rng = random.Random(3)
+    specs = [(n, "completed" if n % 3 else "stopped", {"lr": 0.01, "augment": "standard"},
+              [round(rng.uniform(0.1, 0.9), 4) for _ in range(1 + n % 4)]) for n in range(200)]
+    res = hand_results(specs)
+    fig = fig_curves(res, trial_table(res))
+    grey = [t for t in fig.data if t.name == "170 other trials"]
+    named = [t for t in fig.data if t.showlegend is not False and t not in grey]
+    assert len(grey) == 1 and list(grey[0].x).count(None) == 170
+    best = sorted(specs, key=lambda s: -max(s[3]))[:CURVES_EACH]
+    assert sorted(max(t.y) for t in named) == sorted(max(s[3]) for s in best)
+    assert len(fig.data) <= 1 + 2 * CURVES_EACH and "the 30 best trials of 200" in fig.layout.title.text
+    each, rest = curves_drawn(learning_curves(hand_results(specs, mode="min")), False, 5)
+    assert sorted(min(c.values) for c in each) == sorted(min(s[3]) for s in specs)[:5] and len(rest) == 195

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 REPORT = "report.html"
 TOP_TRIALS = 10
+CURVES_EACH = 30  # learning curves drawn one by one; beyond that, the best 30 and the rest as one grey trace
 _STATUS = {"completed": "#2563eb", "stopped": "#f59e0b", "failed": "#dc2626", "running": "#6b7280"}
 _PALETTE = ["#2563eb", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#65a30d", "#7c3aed", "#b45309",
             "#0f766e", "#be123c", "#4f46e5"]
@@ -113,6 +114,17 @@ def fig_importance(results: Results, table: pd.DataFrame):
     return fig
 
 
+def curves_drawn(curves: list, maximize: bool, each: int) -> tuple[list, list]:
+    """The curves drawn one by one (all of them, or at most ``each``: the best by their best value), and the
+    rest, drawn together as one grey trace: at 1,000 trials a trace and a legend entry each made the figure
+    unreadable and the HTML tens of MB."""
+    if len(curves) <= each:
+        return curves, []
+    key = (lambda c: -max(c.values)) if maximize else (lambda c: min(c.values))
+    best = {c.trial_id for c in sorted(curves, key=key)[:each]}
+    return [c for c in curves if c.trial_id in best], [c for c in curves if c.trial_id not in best]
+
+
 def fig_curves(results: Results, table: pd.DataFrame):
     import plotly.graph_objects as go  # plotly: only when a figure is drawn
 
@@ -122,8 +134,18 @@ def fig_curves(results: Results, table: pd.DataFrame):
     if not drawn:
         return _empty(title, "no trial has finished an epoch yet")
     fig = go.Figure()
+    each, rest = curves_drawn(drawn, results.maximize, CURVES_EACH)
+    if rest:
+        title = (f"Learning curves: {metric} per epoch, the {len(each)} best trials of {len(drawn)} in colour "
+                 f"(dashed: stopped by ASHA, dotted: failed), the other {len(rest)} in grey")
+        xs, ys = [], []
+        for c in rest:  # one trace, the trials separated by gaps
+            xs += [*c.epochs, None]
+            ys += [*c.values, None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{len(rest)} other trials", hoverinfo="skip",
+                                 line=dict(color="rgba(107,114,128,0.25)", width=1)))
     dash = {"stopped": "dash", "failed": "dot"}
-    for i, c in enumerate(drawn):
+    for i, c in enumerate(each):
         color = _PALETTE[i % len(_PALETTE)]
         name = c.label + ("" if c.status == "completed" else f" {c.status}" + (f" @{c.cut_epoch}" if c.cut_epoch
                                                                                  else ""))
@@ -136,15 +158,21 @@ def fig_curves(results: Results, table: pd.DataFrame):
             fig.add_trace(go.Scatter(x=[e for e, _ in cut], y=[v for _, v in cut], mode="markers",
                                      legendgroup=c.trial_id, showlegend=False, hoverinfo="skip",
                                      marker=dict(symbol="x", size=12, color=color, line=dict(width=1))))
-    lost = [f"{c.label} ({c.reason or c.status})" for c in curves if not c.epochs and c.status == "failed"]
-    if lost:
-        fig.add_annotation(text=html.escape("failed before a valid epoch: " + ", ".join(lost)), showarrow=False,
-                           x=0, y=-0.2, xref="paper", yref="paper", xanchor="left", font=dict(size=11,
-                                                                                                color="#dc2626"))
+    _lost_note(fig, curves)
     last = max(max(c.epochs) for c in drawn)
     fig.update_layout(title=title, xaxis=dict(title="epoch", dtick=1 if last <= 20 else None),
                       yaxis=dict(title=metric), **_LAYOUT)
     return fig
+
+
+def _lost_note(fig, curves: list) -> None:
+    lost = [f"{c.label} ({c.reason or c.status})" for c in curves if not c.epochs and c.status == "failed"]
+    if len(lost) > 10:
+        lost = lost[:10] + [f"and {len(lost) - 10} more"]
+    if lost:
+        fig.add_annotation(text=html.escape("failed before a valid epoch: " + ", ".join(lost)), showarrow=False,
+                           x=0, y=-0.2, xref="paper", yref="paper", xanchor="left", font=dict(size=11,
+                                                                                                color="#dc2626"))
 
 
 def fig_sparsity(results: Results, table: pd.DataFrame):
