@@ -45,3 +45,11 @@ def test_every_planned_config_is_a_valid_train_file(tmp_path):
     fp, warm = runs["warm (fp half)"], runs["warm"]
     assert fp["train"]["epochs"] + warm["train"]["epochs"] == 15
     assert warm["model"]["init_from"] == str(tmp_path / "warm-fp-s0") and warm["train"]["lr"] == pytest.approx(0.01)
+
+
+def test_runs_side_by_side_keep_the_warm_start_after_its_first_half(tmp_path):
+    """--jobs N: each recipe is a chain of its own, and warm start's TTQ half waits for its full-precision half."""
+    a = argparse.Namespace(epochs=15, recipes=list(paper_gap.RECIPES), subset=None, threads=1)
+    chains = paper_gap.chained(paper_gap.plan(a, 0, tmp_path))
+    assert [[name for name, _ in chain] for chain in chains] == [["fp"], ["twn"], ["ttq"],
+                                                                 ["warm (fp half)", "warm"]]
