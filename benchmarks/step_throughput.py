@@ -104,9 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     # The load average says how far to trust the numbers: other processes' threads contend for the same cores.
     print(
-        f"torch {torch.__version__}, {args.device}, {args.threads} threads, batch {args.batch_size}, channels_last, "
-        "SGD; "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        f"torch {torch.__version__}, {args.device}, {args.threads} threads, batch {args.batch_size}, "
+        f"channels_last, SGD; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(
         f"{'model':<12} {'steps':>5} {'fp32 img/s':>11} {'twn img/s':>10} {'twn/fp32 time':>14} "

@@ -116,8 +116,7 @@ def fig_importance(results: Results, table: pd.DataFrame):
 
 def curves_drawn(curves: list, maximize: bool, each: int) -> tuple[list, list]:
     """The curves drawn one by one (all of them, or at most ``each``: the best by their best value), and the
-    rest, drawn together as one grey trace: at 1,000 trials a trace and a legend entry each made the figure
-    unreadable and the HTML tens of MB."""
+    rest, drawn together as one grey trace: with a trace and a legend entry each, 1,000 trials are unreadable."""
     if len(curves) <= each:
         return curves, []
     key = (lambda c: -max(c.values)) if maximize else (lambda c: min(c.values))
