@@ -232,7 +232,8 @@ def one(name: str) -> int:
             ok, detail = CHECKS[name](Path(d))
         except Exception as exc:  # noqa: BLE001 - the check failed: its traceback for the log, one line here
             traceback.print_exc()
-            ok, detail = False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}"
+            first = (str(exc).strip().splitlines() or [""])[0]
+            ok, detail = False, f"{type(exc).__name__}: {first[:300]}"
     print(json.dumps({"ok": ok, "detail": detail}), flush=True)
     return 0
 
